@@ -9,6 +9,8 @@ so P_B = 1 and every balance condition reads
 with log F(s_0) = log Z(prompt), log F(s_L) = log R(x) and log F(s_t), 0 < t < L, from a
 flow estimator. Each loss returns the batch mean of a per-trajectory mean squared residual.
 Values at masked positions (log_pf past L, log_flow at 0, at L and past L) are never read.
+A trajectory with L = 0 (s_0 terminal) counts as the single residual log Z - log R in all
+three losses, so they agree whenever L <= 1.
 
 `huber_delta` bounds the pull of a single trajectory: once its (weighted) root mean squared
 residual r exceeds delta, r^2 becomes 2 * delta * r - delta^2 (the Huber loss scaled to
@@ -56,7 +58,7 @@ def subtb_loss(
     expands into three discounted prefix sums of 1, A and A^2: O(L) per trajectory. The
     expansion cancels terms of size A^2 (A grows like the prefix log-probability, thousands
     of nats at LM lengths), so it runs in float64; the result comes back in float32 (or the
-    input dtype if wider). A trajectory with L = 0 has no pairs and contributes 0.
+    input dtype if wider).
     """
     if not 0.0 < lamda <= 1.0:
         raise ValueError(f"lamda must be in (0, 1], got {lamda}")
@@ -71,6 +73,7 @@ def subtb_loss(
     weighted = torch.where(ends, pair_sum_ending_at, 0.0).sum(-1)
     total_weight = torch.where(ends, w0, 0.0).sum(-1)
     mean_square = weighted / total_weight.clamp(min=torch.finfo(torch.float64).tiny)
+    mean_square = _empty_as_tb(mean_square, mask, log_reward, log_z)
     return _penalty(mean_square, huber_delta).mean().to(_working_dtype(log_pf))
 
 
@@ -90,7 +93,7 @@ def db_loss(
     residual = flows[:, :-1] + _masked(log_pf, mask).to(dtype) - flows[:, 1:]
     steps = mask.sum(-1).clamp(min=1)
     mean_square = torch.where(mask, residual.square(), 0.0).sum(-1) / steps
-    return _penalty(mean_square, huber_delta).mean()
+    return _penalty(_empty_as_tb(mean_square, mask, log_reward, log_z), huber_delta).mean()
 
 
 def _working_dtype(log_pf: Tensor) -> torch.dtype:
@@ -120,6 +123,12 @@ def _state_log_flows(mask: Tensor, log_flow: Tensor, log_reward: Tensor, log_z: 
     inside = _masked(log_flow, (positions > 0) & (positions < lengths)).to(dtype)
     with_reward = torch.where(positions == lengths, log_reward.to(dtype)[:, None], inside)
     return torch.where(positions == 0, log_z.to(dtype)[:, None], with_reward)
+
+
+def _empty_as_tb(mean_square: Tensor, mask: Tensor, log_reward: Tensor, log_z: Tensor) -> Tensor:
+    """A trajectory with no tokens (s_0 terminal) has one residual, log Z - log R, as in TB."""
+    empty_residual = (log_z - log_reward).to(mean_square.dtype).square()
+    return torch.where(mask.any(-1), mean_square, empty_residual)
 
 
 def _penalty(mean_square: Tensor, huber_delta: float | None) -> Tensor:
