@@ -53,6 +53,8 @@ class PolicyConfig:
     thinking: Literal["off", "latent"] = "off"
     # Torch dtype of the base weights: auto picks bfloat16 on GPU, float32 on CPU.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Recompute activations in the backward pass: less memory, about a third more compute.
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -104,6 +106,8 @@ class JudgeConfig:
     timeout_s: float = 120.0
     memory_mb: int = 4096
     max_output_bytes: int = 1_000_000
+    # Largest file a program, or the compiler it triggers, may write (bounds disk use).
+    max_file_mb: int = 64
     max_processes: int = 64
     # Worker processes; 0 uses the usable cores (shared among local ranks).
     workers: int = 0

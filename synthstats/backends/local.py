@@ -1,0 +1,285 @@
+"""The local policy: transformers + PEFT LoRA on this machine's GPU (or CPU).
+
+The base model is frozen (bfloat16 on GPU, float32 on CPU unless policy.dtype says
+otherwise); the LoRA weights, log Z table, flow estimator and optimizer state are float32.
+One torch Adam optimizer has a group per trainable part, each with its own learning rate
+(LoRA: train.learning_rate, log Z: objective.log_z_lr, flow: train.flow_learning_rate);
+a part the config does not use (no flow estimator for TB, no table for VarGrad) gets no
+group, never an empty one. Gradients are clipped per group, so the large early log Z
+residual does not shrink the policy's step.
+
+Checkpoint layout written by `save`:
+    adapter/           PEFT save_pretrained (loads with PeftModel.from_pretrained)
+    policy_state.pt    log Z table, flow estimator, optimizer, sampling RNG
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+from peft.utils import load_peft_weights
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from synthstats.backends.base import Rollout, TrainBatch
+from synthstats.backends.policy_module import PolicyWithFlows, pack_trajectories
+from synthstats.backends.sampling import sample_completions
+from synthstats.config import ObjectiveConfig, PolicyConfig, TrainConfig
+from synthstats.objectives import (
+    HiddenStateFlowHead,
+    LogZTable,
+    Objective,
+    PrefixFlowNet,
+    build_objective,
+    think_log_prob,
+    think_span_mask,
+    vargrad_log_z,
+)
+
+ADAPTER_DIR = "adapter"
+STATE_FILE = "policy_state.pt"
+THINK_END = "</think>"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def base_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on GPU, float32 on CPU (CPU bfloat16 matmuls are slow and lossy)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[name]
+
+
+class LocalBackend:
+    """A LoRA policy with its log Z table and flow estimator, trained in this process."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        policy: PolicyConfig,
+        train: TrainConfig,
+        objective: ObjectiveConfig,
+        prompt_keys: Sequence[str],
+        seed: int = 0,
+        device: torch.device | None = None,
+    ) -> None:
+        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.policy = policy
+        self.max_grad_norm = train.max_grad_norm
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.vocab_size = len(self.tokenizer)
+        base = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=base_dtype(policy.dtype, self.device)
+        )
+        if policy.gradient_checkpointing:
+            base.activation_checkpointing_enable(
+                activation_checkpointing_kwargs={"use_reentrant": False}
+            )
+        # Seeded initialisation: every rank, and a resumed run, builds identical weights.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            peft_model, log_z, flow = _trainable_parts(base, policy, objective, prompt_keys)
+        self.module = PolicyWithFlows(
+            peft_model, vocab_size=self.vocab_size, log_z=log_z, flow=flow
+        ).to(self.device)
+        groups = [
+            {"name": "lora", "params": _trainable(peft_model), "lr": train.learning_rate},
+        ]
+        if log_z is not None:
+            groups.append({"name": "log_z", "params": [log_z.values], "lr": objective.log_z_lr})
+        if flow is not None:
+            groups.append(
+                {"name": "flow", "params": list(flow.parameters()), "lr": train.flow_learning_rate}
+            )
+        self.optimizer = torch.optim.Adam(groups)
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.stop_ids = _stop_ids(self.tokenizer, base.generation_config.eos_token_id)
+        self.think_end_id = self.tokenizer.convert_tokens_to_ids(THINK_END)
+
+    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        text = self.tokenizer.apply_chat_template(
+            [dict(message) for message in messages],
+            tokenize=False,
+            add_generation_prompt=True,
+            enable_thinking=self.policy.thinking != "off",
+        )
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def tokenize_completion(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return [*ids, self.tokenizer.eos_token_id]
+
+    def sample(
+        self, prompt_key: str, prompt_ids: Sequence[int], temperatures: Sequence[float]
+    ) -> list[Rollout]:
+        self.module.eval()
+        drawn = sample_completions(
+            self.module.lm,
+            prompt_ids,
+            torch.tensor(list(temperatures), dtype=torch.float32, device=self.device),
+            max_new_tokens=self.policy.max_new_tokens,
+            stop_ids=self.stop_ids,
+            vocab_size=self.vocab_size,
+            generator=self.generator,
+        )
+        return [
+            Rollout(
+                prompt_key=prompt_key,
+                prompt_ids=tuple(prompt_ids),
+                completion_ids=tuple(sampled.completion_ids),
+                text=self.decode_completion(sampled.completion_ids),
+                truncated=sampled.truncated,
+                temperature=float(temperature),
+            )
+            for sampled, temperature in zip(drawn, temperatures, strict=True)
+        ]
+
+    def decode_completion(self, completion_ids: Sequence[int]) -> str:
+        """The completion's text, without its final stop token."""
+        ids = list(completion_ids)
+        if ids and ids[-1] in self.stop_ids:
+            ids = ids[:-1]
+        return self.tokenizer.decode(ids)
+
+    def train_step(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
+        if objective.needs_flow and self.module.flow is None:
+            raise ValueError(
+                "this objective needs a flow estimator, but the backend was built for "
+                "objective.loss=tb; build it from the same objective config"
+            )
+        self.module.train()
+        inputs = pack_trajectories(
+            batch.prompt_keys,
+            batch.prompt_ids,
+            batch.completion_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        scores = self.module(inputs)
+        log_reward = batch.log_reward.to(self.device, torch.float32)
+        log_z = scores.log_z
+        if log_z is None:
+            log_z = vargrad_log_z(
+                scores.log_pf, scores.mask, log_reward=log_reward, prompt_keys=batch.prompt_keys
+            )
+        loss = objective(
+            scores.log_pf, scores.mask, scores.log_flow, log_reward=log_reward, log_z=log_z
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics = {
+            f"grad_norm_{group['name']}": float(
+                torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
+            )
+            for group in self.optimizer.param_groups
+        }
+        self.optimizer.step()
+        log_pf_total = torch.where(scores.mask, scores.log_pf, 0.0).sum(-1)
+        metrics.update(
+            loss=float(loss.detach()),
+            log_z=float(log_z.detach().mean()),
+            log_pf_mean=float(log_pf_total.detach().mean()),
+            tokens=float(scores.mask.sum()),
+        )
+        return metrics
+
+    @torch.no_grad()
+    def reference_think_log_prob(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> Tensor:
+        self.module.eval()
+        inputs = pack_trajectories(
+            [""] * len(prompt_ids),
+            prompt_ids,
+            completion_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        scores = self.module(inputs, reference=True)
+        span = think_span_mask(inputs.completion_ids, inputs.mask, think_end_id=self.think_end_id)
+        return think_log_prob(scores.log_pf, span).cpu()
+
+    def save(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.module.lm.save_pretrained(directory / ADAPTER_DIR)
+        state = {
+            "log_z": _state_or_none(self.module.log_z),
+            "flow": _state_or_none(self.module.flow),
+            "optimizer": self.optimizer.state_dict(),
+            "sampling_rng": self.generator.get_state(),
+        }
+        torch.save(state, directory / STATE_FILE)
+
+    def load(self, directory: Path) -> None:
+        directory = Path(directory)
+        weights = load_peft_weights(str(directory / ADAPTER_DIR), device=str(self.device))
+        result = set_peft_model_state_dict(self.module.lm, weights)
+        missing = [key for key in result.missing_keys if "lora_" in key]
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"adapter in {directory} does not match this policy's LoRA config: "
+                f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+            )
+        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+        _load_or_check_absent(self.module.log_z, state["log_z"], "log Z table")
+        _load_or_check_absent(self.module.flow, state["flow"], "flow estimator")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["sampling_rng"].cpu())
+
+
+def _trainable_parts(
+    base: nn.Module,
+    policy: PolicyConfig,
+    objective: ObjectiveConfig,
+    prompt_keys: Sequence[str],
+) -> tuple[nn.Module, LogZTable | None, nn.Module | None]:
+    """The LoRA-wrapped model, the log Z table (learned log Z only) and the flow estimator
+    (objectives that read flows only)."""
+    lora = LoraConfig(
+        r=policy.lora_r,
+        lora_alpha=policy.lora_alpha,
+        lora_dropout=policy.lora_dropout,
+        target_modules=list(policy.lora_target_modules),
+        task_type="CAUSAL_LM",
+    )
+    # autocast_adapter_dtype (PEFT's default) keeps LoRA weights float32 on a bf16 base.
+    peft_model = get_peft_model(base, lora, autocast_adapter_dtype=True)
+    log_z = LogZTable(prompt_keys) if objective.log_z == "learned" else None
+    flow = None
+    if build_objective(objective).needs_flow:
+        if objective.flow_estimator == "hidden_head":
+            flow = HiddenStateFlowHead(base.config.hidden_size)
+        else:
+            flow = PrefixFlowNet(prompt_keys, vocab_size=base.config.vocab_size)
+    return peft_model, log_z, flow
+
+
+def _trainable(model: nn.Module) -> list[nn.Parameter]:
+    params = [param for param in model.parameters() if param.requires_grad]
+    if not params:
+        raise ValueError("the LoRA config matched no module: check policy.lora_target_modules")
+    return params
+
+
+def _stop_ids(tokenizer, eos: int | list[int] | None) -> list[int]:
+    """The tokenizer's end-of-turn token plus the model's generation_config eos ids."""
+    extra = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return sorted({tokenizer.eos_token_id, *extra})
+
+
+def _state_or_none(module: nn.Module | None) -> dict[str, Tensor] | None:
+    return None if module is None else module.state_dict()
+
+
+def _load_or_check_absent(module: nn.Module | None, state: dict | None, what: str) -> None:
+    if (module is None) != (state is None):
+        raise ValueError(
+            f"checkpoint and backend disagree on the {what}: built from a different objective"
+        )
+    if module is not None:
+        module.load_state_dict(state)

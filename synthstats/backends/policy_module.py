@@ -1,0 +1,130 @@
+"""One nn.Module holding everything trainable: the PEFT model, the log Z table, the flow head.
+
+Accelerate and DeepSpeed synchronise only what is inside the module they prepare, and under
+ZeRO-3 a parameter read outside `forward` is empty, so log Z and the flow estimator live
+here and are read in `forward`, which returns everything the objective needs.
+
+Scoring layout: each row is prompt + completion, right-padded, so positions need no
+adjustment. State s_t (prompt plus the first t completion tokens) ends at column
+P_b - 1 + t; its final hidden state gives both the logits of a_{t+1} and, for the hidden
+head, log F(s_t). Only those T + 1 columns go through the LM head, never the prompt's.
+This assumes logits = lm_head(final hidden state), true of Qwen3 and most causal LMs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from synthstats.objectives import FlowInputs, LogZTable
+
+
+@dataclass(frozen=True)
+class ScoringInputs:
+    """A padded batch of trajectories, ready for PolicyWithFlows.forward."""
+
+    prompt_keys: Sequence[str]
+    input_ids: Tensor  # [B, S] prompt + completion, right-padded
+    attention_mask: Tensor  # [B, S]
+    state_positions: Tensor  # [B, T+1] column where state s_t ends
+    completion_ids: Tensor  # [B, T] right-padded
+    mask: Tensor  # [B, T] bool, valid tokens first
+
+
+@dataclass(frozen=True)
+class TrajectoryScores:
+    log_pf: Tensor  # [B, T] float32, log P_F(a_{t+1} | s_t) at temperature 1
+    mask: Tensor  # [B, T] bool
+    log_flow: Tensor | None  # [B, T+1], None without a flow estimator
+    log_z: Tensor | None  # [B], None without a learned log Z table
+
+
+def pack_trajectories(
+    prompt_keys: Sequence[str],
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+    *,
+    pad_id: int,
+    device: torch.device,
+) -> ScoringInputs:
+    """Right-pad prompt + completion rows and locate each state's last column."""
+    rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    width = max(len(row) for row in rows)
+    longest = max(len(c) for c in completion_ids)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    completions = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.bool)
+    for b, (prompt, completion) in enumerate(zip(prompt_ids, completion_ids, strict=True)):
+        if not prompt:
+            raise ValueError("every trajectory needs a non-empty prompt")
+        input_ids[b, : len(rows[b])] = torch.tensor(rows[b])
+        attention_mask[b, : len(rows[b])] = 1
+        completions[b, : len(completion)] = torch.tensor(list(completion))
+        mask[b, : len(completion)] = True
+    starts = torch.tensor([len(prompt) - 1 for prompt in prompt_ids])
+    # Columns past a short row's end are clamped; they belong to masked states.
+    state_positions = (starts[:, None] + torch.arange(longest + 1)).clamp(max=width - 1)
+    return ScoringInputs(
+        prompt_keys=list(prompt_keys),
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        state_positions=state_positions.to(device),
+        completion_ids=completions.to(device),
+        mask=mask.to(device),
+    )
+
+
+class PolicyWithFlows(nn.Module):
+    """The PEFT causal LM, the optional log Z table and the optional flow estimator."""
+
+    def __init__(
+        self,
+        peft_model: nn.Module,
+        *,
+        vocab_size: int,
+        log_z: LogZTable | None,
+        flow: nn.Module | None,
+    ) -> None:
+        super().__init__()
+        self.lm = peft_model
+        self.vocab_size = vocab_size
+        self.log_z = log_z
+        self.flow = flow
+
+    def forward(self, inputs: ScoringInputs, *, reference: bool = False) -> TrajectoryScores:
+        """log P_F with gradient (plus log F and log Z); `reference` disables the adapter.
+
+        The reference pass (thinking: latent) scores under the frozen base model only.
+        """
+        if reference:
+            with self.lm.disable_adapter():
+                states = self._final_states(inputs)
+                return TrajectoryScores(self._log_pf(states, inputs), inputs.mask, None, None)
+        states = self._final_states(inputs)
+        log_flow = None
+        if self.flow is not None:
+            hidden = states if self.flow.needs_hidden_states else None
+            log_flow = self.flow(
+                FlowInputs(inputs.prompt_keys, inputs.completion_ids, inputs.mask, hidden)
+            )
+        log_z = self.log_z(inputs.prompt_keys) if self.log_z is not None else None
+        return TrajectoryScores(self._log_pf(states, inputs), inputs.mask, log_flow, log_z)
+
+    def _final_states(self, inputs: ScoringInputs) -> Tensor:
+        """[B, T+1, H]: the final hidden state at the end of each state s_0..s_T."""
+        decoder = self.lm.get_base_model().get_decoder()
+        hidden = decoder(
+            input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, use_cache=False
+        ).last_hidden_state
+        index = inputs.state_positions[..., None].expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, index)
+
+    def _log_pf(self, states: Tensor, inputs: ScoringInputs) -> Tensor:
+        head = self.lm.get_base_model().get_output_embeddings()
+        logits = head(states[:, :-1])[..., : self.vocab_size].float()
+        chosen = logits.gather(-1, inputs.completion_ids[..., None]).squeeze(-1)
+        return chosen - logits.logsumexp(-1)
