@@ -20,6 +20,7 @@ from synthstats.objectives import (
     subtb_loss,
     tb_loss,
 )
+from synthstats.objectives.geometric import discounted_cumsum
 
 GARBAGE = float("nan")
 
@@ -353,3 +354,17 @@ def test_build_objective_reads_the_config(loss, kind, needs_flow):
 def test_build_objective_rejects_unknown_losses():
     with pytest.raises(ValueError, match="unknown loss"):
         build_objective(ObjectiveConfig(loss="ppo"))
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 4161])
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9, 1.0])
+def test_discounted_cumsum_matches_a_running_loop(length, ratio):
+    """Lengths around the chunk size and past two levels of chunk recursion."""
+    generator = torch.Generator().manual_seed(length)
+    values = torch.randn(2, length, generator=generator, dtype=torch.float64)
+    running = torch.zeros(2, dtype=torch.float64)
+    expected = torch.empty_like(values)
+    for j in range(length):
+        running = ratio * running + values[:, j]
+        expected[:, j] = running
+    torch.testing.assert_close(discounted_cumsum(values, ratio), expected, rtol=1e-12, atol=1e-9)
