@@ -92,6 +92,15 @@ def test_mock_model_is_loaded_from_a_saved_folder_like_a_hub_model():
     assert model.config.vocab_size == 151669
 
 
+def test_mock_model_is_written_once_with_the_same_weights_everywhere(tmp_path):
+    folder = mock_model_folder(tmp_path)
+    assert mock_model_folder(tmp_path) == folder
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # no staging left
+    fresh = AutoModelForCausalLM.from_pretrained(folder).state_dict()
+    cached = AutoModelForCausalLM.from_pretrained(mock_model_folder()).state_dict()
+    assert all(torch.equal(value, cached[name]) for name, value in fresh.items())
+
+
 def test_rendered_prompt_with_thinking_off_matches_the_chat_template(backend, qwen_tokenizer):
     expected = qwen_tokenizer.apply_chat_template(
         MESSAGES, add_generation_prompt=True, enable_thinking=False, tokenize=True

