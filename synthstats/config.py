@@ -78,7 +78,8 @@ class ObjectiveConfig:
     loss: Literal["subtb", "tb", "db"] = "subtb"
     # SubTB geometric weight of a sub-trajectory of length k: lamda**k.
     lamda: float = 0.9
-    # Weight w of the TB anchor in SubTB + w * TB (joins log Z and log R directly).
+    # Weight w of the TB anchor added to SubTB or DB (loss + w * TB): at LM lengths it is
+    # what joins log Z and log R directly; 0 gives the plain loss.
     tb_anchor_weight: float = 1.0
     # Learning rate of the log Z table (far above the policy's).
     log_z_lr: float = 0.1
