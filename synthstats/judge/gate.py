@@ -1,0 +1,143 @@
+"""The static gate: refuse, before anything runs, programs that reach beyond model building.
+
+An allowlist of imports, no private or dunder attributes, no builtins that open files or
+reach objects by computed names, and no attribute names that lead from an allowed module to
+the OS (`pytensor.configdefaults.os.environ`), to files (`numpy.save`) or to the C compiler
+(`pytensor.config.cxx`). What the gate cannot see, the sandbox contains.
+"""
+
+from __future__ import annotations
+
+import ast
+import string
+
+from synthstats.judge.score import ErrorKind
+
+ALLOWED_MODULES = frozenset(
+    {
+        "pymc",
+        "pymc.math",
+        "numpy",
+        "pytensor",
+        "pytensor.tensor",
+        "math",
+        "scipy.special",
+        "scipy.stats",
+    }
+)
+
+FORBIDDEN_NAMES = frozenset(
+    {
+        "eval",
+        "exec",
+        "compile",
+        "open",
+        "__import__",
+        "getattr",
+        "setattr",
+        "delattr",
+        "globals",
+        "vars",
+        "locals",
+        "input",
+        "breakpoint",
+        "help",
+        "exit",
+        "quit",
+        "memoryview",
+    }
+)
+
+# Attribute names that lead out of model building, whatever object they are read from.
+FORBIDDEN_ATTRIBUTES = frozenset(
+    {
+        # modules reachable as attributes of allowed modules
+        *("os", "sys", "subprocess", "shutil", "socket", "pathlib", "io", "builtins"),
+        *("importlib", "ctypes", "pickle", "marshal", "signal", "threading", "tempfile"),
+        *("multiprocessing", "glob", "platform", "resource", "mmap", "pty", "code"),
+        *("codeop", "inspect", "gc", "logging", "urllib", "http", "asyncio", "select"),
+        *("selectors", "fcntl", "posix", "zipfile", "tarfile", "sqlite3", "webbrowser"),
+        *("runpy", "types", "operator", "concurrent", "jax", "datasets"),
+        # code objects and computed attribute access
+        *("CodeType", "FunctionType", "attrgetter", "methodcaller", "format_map"),
+        # the environment and processes
+        *("environ", "getenv", "putenv", "system", "popen", "fork", "spawnv", "execv"),
+        # files
+        *("open", "save", "savez", "savez_compressed", "savetxt", "load", "loadtxt"),
+        *("genfromtxt", "fromfile", "tofile", "fromregex", "memmap", "open_memmap"),
+        *("DataSource", "dump", "dumps", "to_netcdf", "to_zarr", "to_json", "to_csv"),
+        *("to_pickle", "savefig", "write", "writelines", "ctypeslib", "f2py", "lib"),
+        *("distutils", "testing"),
+        # PyTensor's compiler, its settings and its file-writing printers
+        *("config", "configdefaults", "configparser", "link", "compile", "COp"),
+        *("ExternalCOp", "printing", "pydotprint", "d3viz"),
+    }
+)
+
+GateVerdict = tuple[ErrorKind, str]
+
+
+def check_program(source: str) -> GateVerdict | None:
+    """(error kind, message) if the program must not run, else None."""
+    try:
+        tree = ast.parse(source, filename="<program>")
+    except SyntaxError as error:
+        return "syntax", f"line {error.lineno}: {error.msg}"
+    except (ValueError, RecursionError, MemoryError) as error:
+        return "syntax", f"cannot parse: {type(error).__name__}"
+    for node in ast.walk(tree):  # iterative: a deeply nested program cannot overflow us
+        problem = _problem(node)
+        if problem:
+            return "forbidden", f"line {getattr(node, 'lineno', '?')}: {problem}"
+    return None
+
+
+def import_allowed(module: str, names: tuple[str, ...] = ()) -> bool:
+    """Whether `import module` / `from module import names` passes (also used at runtime)."""
+    if module not in ALLOWED_MODULES and not all(
+        f"{module}.{name}" in ALLOWED_MODULES for name in names or ("",)
+    ):
+        return False
+    return all(name != "*" and _attribute_allowed(name) for name in names)
+
+
+def _problem(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if not import_allowed(alias.name):
+                return f"import of {alias.name!r} is not allowed ({_allowed_list()})"
+    elif isinstance(node, ast.ImportFrom):
+        names = tuple(alias.name for alias in node.names)
+        if node.level or not node.module or not import_allowed(node.module, names):
+            return f"from {node.module!r} import {', '.join(names)} is not allowed"
+    elif isinstance(node, ast.Attribute):
+        if not _attribute_allowed(node.attr):
+            return f"attribute {node.attr!r} is not allowed"
+        if node.attr == "format" and not _safe_format_template(node.value):
+            return "str.format with a computed template or attribute/index fields"
+    elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_NAMES or node.id.startswith("__")):
+        return f"name {node.id!r} is not allowed"
+    elif isinstance(node, ast.MatchClass):
+        for attribute in node.kwd_attrs:
+            if not _attribute_allowed(attribute):
+                return f"pattern attribute {attribute!r} is not allowed"
+    return None
+
+
+def _attribute_allowed(name: str) -> bool:
+    return not name.startswith("_") and name not in FORBIDDEN_ATTRIBUTES
+
+
+def _safe_format_template(template: ast.expr) -> bool:
+    """'{0.__class__}'.format(x) reads attributes through a string the AST cannot see."""
+    if not (isinstance(template, ast.Constant) and isinstance(template.value, str)):
+        return False
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template.value)]
+    except ValueError:
+        return False
+    return not any(field and ("." in field or "[" in field) for field in fields)
+
+
+def _allowed_list() -> str:
+    return "allowed: " + ", ".join(sorted(ALLOWED_MODULES))

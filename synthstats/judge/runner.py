@@ -1,0 +1,215 @@
+"""Scores one program inside the contained child: run it, check the contract, sample, LOO.
+
+The program runs with the env's data injected read-only, with builtins stripped of what
+the gate forbids and an import guard that re-applies the gate's allowlist at runtime. Its
+own calls to pm.sample and friends end the program where they stand (the model built so
+far is kept); the judge then samples with its own budget, the same for every program.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pymc as pm
+
+from synthstats.judge.contract import check_contract
+from synthstats.judge.gate import FORBIDDEN_NAMES, import_allowed
+from synthstats.judge.loo import summarise_fit
+from synthstats.judge.score import Failure
+
+_MESSAGE_CHARS = 400
+_SAMPLE = pm.sample
+_LOG_LIKELIHOOD = pm.compute_log_likelihood
+# What a program may call but the judge neutralises: sampling is the judge's, not the program's.
+_SAMPLING_FUNCTIONS = (
+    pm.sample,
+    pm.sample_smc,
+    pm.sample_prior_predictive,
+    pm.sample_posterior_predictive,
+    pm.find_MAP,
+    pm.fit,
+    pm.compute_log_likelihood,
+    pm.compute_log_prior,
+    pm.init_nuts,
+)
+
+logging.getLogger("pymc").setLevel(logging.ERROR)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The NUTS budget every program is sampled with."""
+
+    draws: int
+    tune: int
+    chains: int
+    target_accept: float
+    seed: int
+
+
+class ForbiddenImport(ImportError):
+    """The runtime import guard refused a module the gate would refuse."""
+
+
+class _SamplingCalled(BaseException):
+    """Raised by a neutralised sampler: the program stops there. Not an Exception, so a
+    program's `except Exception` cannot swallow it and carry on with a missing result."""
+
+
+def score_source(
+    source: str, data: Mapping[str, np.ndarray], observed: tuple[str, ...], budget: Budget
+) -> dict[str, Any]:
+    """Score fields (without seconds) for one program that has passed the gate."""
+    try:
+        model = run_program(source, data)
+        holders = check_contract(model, {name: data[name] for name in observed})
+        fit = _fit(model, [holders[name] for name in observed], budget)
+    except Failure as failure:
+        return {"ok": False, "error_kind": failure.kind, "message": failure.message}
+    return {"ok": True, **fit}
+
+
+def run_program(source: str, data: Mapping[str, np.ndarray]) -> pm.Model:
+    """Executes the program and returns the pm.Model it bound to `model`."""
+    namespace = {
+        "__builtins__": _program_builtins(),
+        "__name__": "__program__",
+        "data": _read_only(data),
+    }
+    try:
+        code = compile(source, "<program>", "exec")
+        with _sampling_neutralised(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exec(code, namespace)
+    except _SamplingCalled:
+        pass
+    except MemoryError:
+        raise Failure("memory", "ran out of memory while building the model") from None
+    except ForbiddenImport as error:
+        raise Failure("forbidden", str(error)) from None
+    except SyntaxError as error:
+        raise Failure("syntax", f"line {error.lineno}: {error.msg}") from None
+    except BaseException as error:  # the program's own failure, SystemExit included
+        raise Failure("runtime", _describe(error)) from None
+    model = namespace.get("model")
+    if not isinstance(model, pm.Model):
+        raise Failure(
+            "no_model", f"the program must bind `model` to a pm.Model, got {type(model).__name__}"
+        )
+    return model
+
+
+def _fit(model: pm.Model, observed_names: list[str], budget: Budget) -> dict[str, Any]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            idata = _SAMPLE(
+                draws=budget.draws,
+                tune=budget.tune,
+                chains=budget.chains,
+                cores=1,
+                target_accept=budget.target_accept,
+                random_seed=budget.seed,
+                progressbar=False,
+                compute_convergence_checks=False,
+                model=model,
+            )
+            _LOG_LIKELIHOOD(idata, var_names=observed_names, model=model, progressbar=False)
+        fit = summarise_fit(idata, observed_names)
+    except MemoryError:
+        raise Failure("memory", "ran out of memory while sampling") from None
+    except Exception as error:
+        raise Failure("sampling", _describe(error)) from None
+    if not np.isfinite(fit["elpd_loo"]):
+        raise Failure("sampling", "ELPD-LOO is not finite (the log-likelihood has -inf or nan)")
+    return fit
+
+
+def _program_builtins() -> dict[str, Any]:
+    allowed = {
+        name: value
+        for name, value in vars(builtins).items()
+        if name not in FORBIDDEN_NAMES and not name.startswith("_")
+    }
+    allowed["__build_class__"] = builtins.__build_class__  # class statements
+    allowed["__import__"] = _guarded_import
+    return allowed
+
+
+def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    names = tuple(fromlist or ())
+    if level or not import_allowed(name, names):
+        shown = f"from {name} import {', '.join(names)}" if names else f"import {name}"
+        raise ForbiddenImport(f"{shown} is not allowed")
+    return builtins.__import__(name, globals, locals, fromlist, level)
+
+
+def _read_only(data: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    arrays = {}
+    for name, values in data.items():
+        array = np.array(values, copy=True)
+        array.setflags(write=False)
+        arrays[name] = array
+    return MappingProxyType(arrays)
+
+
+@contextlib.contextmanager
+def _sampling_neutralised() -> Iterator[None]:
+    """Replaces every pymc module attribute bound to a sampler, then puts them back."""
+    patched = []
+    for module in [m for name, m in list(sys.modules.items()) if name.split(".")[0] == "pymc"]:
+        for attribute, value in list(vars(module).items()):
+            if any(value is function for function in _SAMPLING_FUNCTIONS):
+                patched.append((module, attribute, value))
+                setattr(module, attribute, _stop_program)
+    try:
+        yield
+    finally:
+        for module, attribute, value in patched:
+            setattr(module, attribute, value)
+
+
+def _stop_program(*args: Any, **kwargs: Any) -> None:
+    raise _SamplingCalled
+
+
+def _describe(error: BaseException) -> str:
+    """'line N: Type: message' with the line in the program, if the error came from it."""
+    frames = traceback.extract_tb(error.__traceback__)
+    lines = [frame.lineno for frame in frames if frame.filename == "<program>"]
+    try:
+        text = str(error)
+    except Exception:
+        text = "(unprintable)"
+    where = f"line {lines[-1]}: " if lines else ""
+    message = f"{where}{type(error).__name__}: {text}".strip()
+    return message if len(message) <= _MESSAGE_CHARS else message[: _MESSAGE_CHARS - 3] + "..."
+
+
+def warm_up() -> float:
+    """Scores a tiny trusted model in this process, so children forked later start with
+    PyMC's internals loaded and the common ops compiled. Returns the seconds it took."""
+    start = time.perf_counter()
+    source = (
+        "import pymc as pm\n"
+        "with pm.Model() as model:\n"
+        "    mu = pm.Normal('mu', 0, 1)\n"
+        "    pm.Normal('y', mu, 1, observed=data['y'])\n"
+    )
+    data = {"y": np.linspace(-1.0, 1.0, 5)}
+    budget = Budget(draws=20, tune=20, chains=2, target_accept=0.9, seed=0)
+    result = score_source(source, data, ("y",), budget)
+    if not result["ok"]:
+        raise RuntimeError(f"judge warm-up failed: {result['message']}")
+    return time.perf_counter() - start

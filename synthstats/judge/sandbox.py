@@ -1,0 +1,344 @@
+"""OS containment for judge workers, and the parent's handle on one worker.
+
+A worker runs `synthstats.judge.worker` with a scrubbed environment (no keys, tokens or
+credentials of the parent: only what Python, PyMC and the C compiler need), in its own
+session, with a private work dir that holds its PyTensor compile cache and the temp dirs of
+its programs, removed when it closes. Under bubblewrap it also sees a read-only filesystem
+made of the system dirs and the Python installation only (no home dirs, no project files
+beyond the package), a private /tmp, no network, its own PID namespace, and runs as a
+dedicated uid when the parent is root (so the process-count limit holds and no
+root-owned file is readable). Without bubblewrap those last protections are missing: the
+judge warns once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import os
+import pickle
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from synthstats.judge.score import Score
+
+if TYPE_CHECKING:
+    from synthstats.config import JudgeConfig
+    from synthstats.envs.base import Env
+
+# Beyond its program's timeout, how long a worker may take to answer before it is killed.
+GRACE_S = 10.0
+STARTUP_TIMEOUT_S = 300.0
+_MAX_REPLY_BYTES = 1 << 20
+_UID_BASE = 1_000_000
+_worker_numbers = itertools.count()
+_warned_uncontained = False
+
+
+class JudgeUnavailable(RuntimeError):
+    """A worker could not start: a broken installation, not a program's fault."""
+
+
+class SandboxedWorker:
+    """One persistent worker process inside the sandbox, scoring one program at a time.
+
+    It starts on first use, and again after it died or hung, so a caller never handles a
+    lost worker: the program that was running gets a `crashed` or `timeout` score.
+    """
+
+    def __init__(self, judge_cfg: JudgeConfig, compile_seed: Path | None = None):
+        self._cfg = judge_cfg
+        self._compile_seed = compile_seed
+        self._process: subprocess.Popen | None = None
+        self._work_dir: Path | None = None
+        self._buffer = bytearray()
+
+    def score(self, source: str, env: Env) -> Score:
+        """Scores a program that has passed the gate."""
+        if self._process is None:
+            self.start()
+        cfg = self._cfg
+        request = {
+            "source": source,
+            "data": dict(env.data),
+            "observed": list(env.observed),
+            "budget": {
+                "draws": cfg.draws,
+                "tune": cfg.tune,
+                "chains": cfg.chains,
+                "target_accept": cfg.target_accept,
+                "seed": cfg.seed,
+            },
+            "limits": {
+                "timeout_s": cfg.timeout_s,
+                "memory_mb": cfg.memory_mb,
+                "max_output_bytes": cfg.max_output_bytes,
+                "max_file_bytes": cfg.max_file_mb << 20,
+                "max_processes": cfg.max_processes,
+            },
+        }
+        start = time.perf_counter()
+        try:
+            self._send(request)
+            reply = self._receive(start + cfg.timeout_s + GRACE_S)
+            return Score.from_dict(reply)
+        except _WorkerLost as lost:
+            self.close()
+            return Score.failure(lost.kind, lost.message, time.perf_counter() - start)
+        except (ValueError, TypeError) as error:
+            self.close()
+            return Score.failure("crashed", f"malformed verdict from the worker: {error}")
+
+    def start(self) -> None:
+        """Starts the worker and waits until it has imported PyMC and warmed up."""
+        self.close()
+        containment = containment_for(self._cfg.sandbox)
+        uid = _sandbox_uid() if containment == "bwrap" and os.geteuid() == 0 else None
+        work_dir = Path(tempfile.mkdtemp(prefix="synthstats-judge-"))
+        self._work_dir = work_dir
+        compile_dir = work_dir / "pytensor"
+        if self._compile_seed is not None:
+            shutil.copytree(self._compile_seed, compile_dir, symlinks=True)
+        compile_dir.mkdir(exist_ok=True)
+        (work_dir / "tmp").mkdir()
+        log = work_dir / "worker.log"
+        log.touch()
+        if uid is not None:
+            _chown_tree(work_dir, uid)
+        argv = [sys.executable, "-s", "-P", "-m", "synthstats.judge.worker"]
+        if uid is not None:
+            argv += ["--uid", str(uid)]
+        if containment == "bwrap":
+            argv = bwrap_prefix(work_dir) + argv
+        with open(log, "ab") as log_file:
+            self._process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                env=sandbox_environment(work_dir),
+                cwd=work_dir,
+                start_new_session=True,
+            )
+        self._buffer.clear()
+        try:
+            hello = self._receive(time.perf_counter() + STARTUP_TIMEOUT_S)
+        except _WorkerLost as lost:
+            self.close()
+            raise JudgeUnavailable(f"judge worker failed to start: {lost.message}") from None
+        if not hello.get("ready"):
+            self.close()
+            raise JudgeUnavailable(f"judge worker said {hello!r} instead of ready")
+
+    def close(self) -> None:
+        """Kills the worker and everything it started, and removes its work dir."""
+        process, self._process = self._process, None
+        if process is not None:
+            _kill_session(process.pid)
+            process.wait()
+            for stream in (process.stdin, process.stdout):
+                stream.close()
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
+
+    def log_tail(self) -> str:
+        """The end of the worker's own stderr, for error messages."""
+        if self._work_dir is None:
+            return ""
+        try:
+            text = (self._work_dir / "worker.log").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+        return f": ...{text[-800:]}" if text else ""
+
+    def __enter__(self) -> SandboxedWorker:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _send(self, request: dict[str, Any]) -> None:
+        payload = pickle.dumps(request, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self._process.stdin.write(len(payload).to_bytes(8, "big") + payload)
+            self._process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise _WorkerLost("crashed", f"the worker died{self.log_tail()}") from None
+
+    def _receive(self, deadline: float) -> dict[str, Any]:
+        """One JSON line from the worker, parsed; _WorkerLost at EOF or past the deadline."""
+        fd = self._process.stdout.fileno()
+        with selectors.DefaultSelector() as selector:
+            selector.register(fd, selectors.EVENT_READ)
+            while b"\n" not in self._buffer:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    raise _WorkerLost("timeout", "the judge worker stopped answering")
+                if not selector.select(timeout=remaining):
+                    continue
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise _WorkerLost("crashed", f"the judge worker died{self.log_tail()}")
+                self._buffer += chunk
+                if len(self._buffer) > _MAX_REPLY_BYTES:
+                    raise _WorkerLost("crashed", "the judge worker sent an oversized reply")
+        line, _, rest = bytes(self._buffer).partition(b"\n")
+        self._buffer[:] = rest
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise _WorkerLost("crashed", "the judge worker sent a malformed reply") from None
+        if not isinstance(reply, dict):
+            raise _WorkerLost("crashed", "the judge worker sent a malformed reply")
+        return reply
+
+
+class _WorkerLost(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+def containment_for(sandbox: str) -> str:
+    """'bwrap' or 'none' for the config's sandbox setting (auto|bwrap|none); warns once
+    when programs will run without OS containment."""
+    global _warned_uncontained
+    if sandbox not in ("auto", "bwrap", "none"):
+        raise ValueError(f"judge.sandbox must be auto, bwrap or none, got {sandbox!r}")
+    if sandbox != "none" and bwrap_works():
+        return "bwrap"
+    if sandbox == "bwrap":
+        raise JudgeUnavailable("judge.sandbox=bwrap, but bubblewrap is missing or cannot run")
+    if not _warned_uncontained:
+        _warned_uncontained = True
+        warnings.warn(
+            "the judge runs programs without bubblewrap: they keep the static gate, the "
+            "resource limits, a scrubbed environment and a private temp dir, but can read "
+            "your files and reach the network (install bubblewrap to contain them)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return "none"
+
+
+@functools.cache
+def bwrap_works() -> bool:
+    """Whether bubblewrap can build the worker's sandbox on this machine."""
+    if shutil.which("bwrap") is None:
+        return False
+    with tempfile.TemporaryDirectory() as probe:
+        command = bwrap_prefix(Path(probe)) + ["true"]
+        try:
+            return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+
+def bwrap_prefix(work_dir: Path) -> list[str]:
+    """bwrap arguments: system dirs and the Python installation read-only, nothing else of
+    the host's files, the work dir writable, private /tmp, no network, own PID namespace."""
+    argv = ["bwrap"]
+    for top in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for path in _python_paths():
+        for parent in reversed(Path(path).parents[:-1]):  # bwrap would make them 0700
+            argv += ["--perms", "0755", "--dir", str(parent)]
+        argv += ["--ro-bind", path, path]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    argv += ["--bind", str(work_dir), str(work_dir), "--chdir", str(work_dir)]
+    argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
+    argv += ["--die-with-parent", "--new-session"]
+    if os.geteuid() == 0:  # the worker drops to its own uid, then has no capability left
+        argv += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+    return argv + ["--"]
+
+
+def sandbox_environment(work_dir: Path) -> dict[str, str]:
+    """The worker's whole environment: nothing is inherited from the parent."""
+    import synthstats
+
+    package_root = str(Path(synthstats.__file__).resolve().parent.parent)
+    return {
+        "PATH": os.pathsep.join(
+            [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
+        ),
+        "HOME": str(work_dir),
+        "TMPDIR": str(work_dir / "tmp"),
+        "USER": "judge",
+        "LOGNAME": "judge",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": package_root,
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTENSOR_FLAGS": f"base_compiledir={work_dir / 'pytensor'}",
+        "MPLCONFIGDIR": str(work_dir / "tmp"),
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def _python_paths() -> list[str]:
+    """The Python installation, its import path and this package, outermost first."""
+    import synthstats
+
+    candidates = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        str(Path(sys.executable).resolve().parent.parent),
+        str(Path(synthstats.__file__).resolve().parent.parent),
+        *(entry for entry in sys.path if entry and os.path.isabs(entry)),
+    }
+    existing = sorted(os.path.realpath(path) for path in candidates if os.path.exists(path))
+    outermost: list[str] = []
+    system = ("/usr/", "/etc/", "/bin/", "/sbin/", "/lib/", "/lib64/")
+    for path in existing:
+        if path.startswith(system) or any(path.startswith(kept + "/") for kept in outermost):
+            continue
+        outermost.append(path)
+    return outermost
+
+
+def _sandbox_uid() -> int:
+    """A uid of its own per worker: processes of one cannot signal another's."""
+    return _UID_BASE + (os.getpid() % 1_000_000) * 64 + next(_worker_numbers) % 64
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    os.chown(root, uid, uid)
+    for directory, names, files in os.walk(root):
+        for name in names + files:
+            os.chown(os.path.join(directory, name), uid, uid, follow_symlinks=False)
+
+
+def _kill_session(session: int) -> None:
+    """SIGKILLs every process in the worker's session (bwrap's namespace dies with it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(session, signal.SIGKILL)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == session:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)

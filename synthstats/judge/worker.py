@@ -1,0 +1,278 @@
+"""The persistent judge worker: imports PyMC once, then forks one contained child per program.
+
+It runs inside the sandbox that `sandbox.py` builds. Each child gets its own process group
+and temp dir, limits on address space, CPU seconds, file size, process count and core
+dumps, and /dev/null for stdin; its stdout and stderr come back through a pipe the worker
+counts. At the wall-clock timeout the worker kills the child's group and, as subreaper,
+every process the program left behind.
+
+Protocol (stdin/stdout of this process):
+  parent -> worker: 8-byte big-endian length, then a pickled request (the trusted direction);
+  worker -> parent: one JSON object per line (never pickle: this side holds untrusted code).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import math
+import os
+import pickle
+import resource
+import selectors
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from typing import Any, BinaryIO
+
+_PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
+_MAX_RESULT_BYTES = 1 << 20
+_OUTPUT_TAIL_BYTES = 600
+_KILL_ROUNDS = 200
+_OPEN_FILES = 512
+
+
+def main() -> None:
+    """Entry point inside the sandbox: `--uid N` drops to that user first (when root)."""
+    replies = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints from libraries must not corrupt the protocol
+    if "--uid" in sys.argv:
+        _drop_to(int(sys.argv[sys.argv.index("--uid") + 1]))
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
+    _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    from synthstats.judge import runner
+
+    warm_up_s = runner.warm_up()
+    _reply(replies, {"ready": True, "warm_up_s": warm_up_s, "pid": os.getpid()})
+    requests = sys.stdin.buffer
+    while (request := _read_request(requests)) is not None:
+        _reply(replies, score_contained(request))
+
+
+def score_contained(request: dict[str, Any]) -> dict[str, Any]:
+    """Forks a contained child that scores the request; returns score fields with seconds."""
+    limits = request["limits"]
+    program_dir = tempfile.mkdtemp(prefix="program-", dir=os.environ.get("TMPDIR"))
+    result_read, result_write = os.pipe()
+    output_read, output_write = os.pipe()
+    start = time.perf_counter()
+    pid = os.fork()
+    if pid == 0:
+        _child(request, program_dir, result_write, output_write)
+    os.close(result_write)
+    os.close(output_write)
+    try:
+        verdict = _watch(pid, result_read, output_read, start + limits["timeout_s"], limits)
+    finally:
+        _kill_descendants(pid)
+        os.close(result_read)
+        os.close(output_read)
+        shutil.rmtree(program_dir, ignore_errors=True)
+    verdict["seconds"] = time.perf_counter() - start
+    return verdict
+
+
+def _child(request: dict[str, Any], program_dir: str, result_fd: int, output_fd: int) -> None:
+    """In the forked child: contain, score, write the JSON result, exit. Never returns."""
+    try:
+        os.setpgid(0, 0)
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.dup2(output_fd, 1)
+        os.dup2(output_fd, 2)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.closerange(3, result_fd)
+        os.closerange(result_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        os.chdir(program_dir)
+        os.environ["TMPDIR"] = program_dir
+        tempfile.tempdir = program_dir
+        _limit(request["limits"])
+        from synthstats.judge.runner import Budget, score_source
+
+        result = score_source(
+            request["source"],
+            request["data"],
+            tuple(request["observed"]),
+            Budget(**request["budget"]),
+        )
+        payload = json.dumps(result).encode()
+        while payload:
+            payload = payload[os.write(result_fd, payload) :]
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        os._exit(0)
+
+
+def _limit(limits: dict[str, Any]) -> None:
+    cpu = math.ceil(limits["timeout_s"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 5))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mb"] << 20,) * 2)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["max_file_bytes"],) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (_OPEN_FILES, _OPEN_FILES))
+    # The limit counts every task of this user, so allow what already runs plus the budget.
+    tasks = _tasks_of(os.getuid()) + limits["max_processes"]
+    resource.setrlimit(resource.RLIMIT_NPROC, (tasks, tasks))
+
+
+def _watch(
+    pid: int, result_fd: int, output_fd: int, deadline: float, limits: dict[str, Any]
+) -> dict[str, Any]:
+    """Collects the child's result and output until it exits or breaks a limit."""
+    selector = selectors.DefaultSelector()
+    selector.register(result_fd, selectors.EVENT_READ)
+    selector.register(output_fd, selectors.EVENT_READ)
+    result, output = bytearray(), bytearray()
+    printed = 0
+    status = None
+    while status is None:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return _failure("timeout", f"no verdict within {limits['timeout_s']:g} s")
+        for key, _ in selector.select(timeout=min(remaining, 0.05)):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                selector.unregister(key.fd)
+            elif key.fd == output_fd:
+                printed += len(chunk)
+                output = (output + chunk)[-_OUTPUT_TAIL_BYTES:]
+                if printed > limits["max_output_bytes"]:
+                    return _failure(
+                        "runtime", f"printed more than {limits['max_output_bytes']} bytes"
+                    )
+            else:
+                result += chunk
+                if len(result) > _MAX_RESULT_BYTES:
+                    return _failure("crashed", "the child sent an oversized result")
+        done, wait_status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            status = wait_status
+    result += _drain(result_fd)
+    return _verdict(status, bytes(result), bytes(output), limits)
+
+
+def _verdict(status: int, result: bytes, output: bytes, limits: dict[str, Any]) -> dict[str, Any]:
+    if result:
+        try:
+            return json.loads(result)
+        except ValueError:
+            return _failure("crashed", "the child sent a malformed result")
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        if number == signal.SIGXCPU:
+            return _failure("timeout", f"CPU time limit ({math.ceil(limits['timeout_s'])} s)")
+        if number == signal.SIGXFSZ:
+            return _failure("runtime", f"wrote a file over {limits['max_file_bytes']} bytes")
+        if number == signal.SIGKILL:
+            return _failure("memory", "killed (SIGKILL), most likely for memory")
+        return _failure("crashed", f"died of {signal.Signals(number).name}{_tail(output)}")
+    return _failure("crashed", f"exited without a verdict{_tail(output)}")
+
+
+def _failure(kind: str, message: str) -> dict[str, Any]:
+    return {"ok": False, "error_kind": kind, "message": message}
+
+
+def _tail(output: bytes) -> str:
+    text = output.decode(errors="replace").strip()
+    return f": ...{text[-300:]}" if text else ""
+
+
+def _drain(fd: int) -> bytes:
+    """What is left in a pipe after the child exited, without waiting on its descendants."""
+    os.set_blocking(fd, False)
+    data = bytearray()
+    while len(data) <= _MAX_RESULT_BYTES:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _kill_descendants(pid: int) -> None:
+    """SIGKILLs the child's process group, then every process reparented to this subreaper
+    (a program's children that escaped the group), until none is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    for _ in range(_KILL_ROUNDS):
+        children = _children_of(os.getpid())
+        if not children:
+            return
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+        _reap()
+        time.sleep(0.01)
+
+
+def _reap() -> None:
+    while True:
+        try:
+            done, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not done:
+            return
+
+
+def _children_of(parent: int) -> list[int]:
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                children.append(int(entry))
+    return children
+
+
+def _tasks_of(uid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+            except OSError:
+                continue
+    return count
+
+
+def _drop_to(uid: int) -> None:
+    os.setgroups([])
+    os.setgid(uid)
+    os.setuid(uid)
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def _read_request(stream: BinaryIO) -> dict[str, Any] | None:
+    header = stream.read(8)
+    if len(header) < 8:
+        return None
+    return pickle.loads(stream.read(int.from_bytes(header, "big")))
+
+
+def _reply(stream, message: dict[str, Any]) -> None:
+    stream.write(json.dumps(message) + "\n")
+
+
+if __name__ == "__main__":
+    main()
