@@ -62,6 +62,8 @@ class SandboxedWorker:
         self._process: subprocess.Popen | None = None
         self._work_dir: Path | None = None
         self._buffer = bytearray()
+        # The uid programs run as, when the parent is root and bubblewrap contains them.
+        self.uid: int | None = None
 
     def score(self, source: str, env: Env) -> Score:
         """Scores a program that has passed the gate."""
@@ -104,6 +106,7 @@ class SandboxedWorker:
         self.close()
         containment = containment_for(self._cfg.sandbox)
         uid = _sandbox_uid() if containment == "bwrap" and os.geteuid() == 0 else None
+        self.uid = uid
         work_dir = Path(tempfile.mkdtemp(prefix="synthstats-judge-"))
         self._work_dir = work_dir
         compile_dir = work_dir / "pytensor"

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from typing import Any, BinaryIO
 
 _PR_SET_PDEATHSIG = 1
@@ -45,6 +46,7 @@ def main() -> None:
         _drop_to(int(sys.argv[sys.argv.index("--uid") + 1]))
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    warnings.simplefilter("ignore")  # library notices would bury real errors in the log
     from synthstats.judge import runner
 
     warm_up_s = runner.warm_up()
@@ -162,7 +164,12 @@ def _verdict(status: int, result: bytes, output: bytes, limits: dict[str, Any]) 
         try:
             return json.loads(result)
         except ValueError:
+            pass
+        try:  # several verdicts: copies of the child, made by a program that forked
+            json.JSONDecoder().raw_decode(result.decode())
+        except ValueError:
             return _failure("crashed", "the child sent a malformed result")
+        return _failure("runtime", "the program forked: several processes reported a verdict")
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         if number == signal.SIGXCPU:

@@ -1,0 +1,239 @@
+"""The hostile corpus: generated code is hostile until proven otherwise.
+
+Each hostile program must end as a failure of the right kind, write nothing outside its
+temp dir, leak no secret of the parent's environment, and leave the judge able to score
+the next program within its timeout plus 10 s. Programs that the gate stops are also run
+past the gate, straight into a worker, to check the OS containment behind it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import synthstats
+from synthstats.config import JudgeConfig
+from synthstats.envs.base import Env
+from synthstats.judge import sandbox
+from synthstats.judge.sandbox import SandboxedWorker, bwrap_works
+from synthstats.judge.score import Score
+from synthstats.judge.scoring import prepare
+
+SECRET = "sk-synthstats-canary-5f3a9d"
+SECRET_VARIABLES = ("OPENAI_API_KEY", "WANDB_API_KEY", "TINKER_API_KEY", "HF_TOKEN")
+CFG = JudgeConfig(name="hostile", draws=100, tune=100, chains=2, timeout_s=15, memory_mb=3072)
+
+AGE = [1, 1.5, 1.5, 1.5, 2.5, 4, 5, 5, 7, 8, 8.5, 9, 9.5, 9.5, 10, 12, 12, 13, 13, 14.5, 15.5]
+AGE += [15.5, 16.5, 17, 22.5, 29, 31.5]
+LENGTH = [1.80, 1.85, 1.87, 1.77, 2.02, 2.27, 2.15, 2.26, 2.47, 2.19, 2.26, 2.40, 2.39, 2.41]
+LENGTH += [2.50, 2.32, 2.32, 2.43, 2.47, 2.56, 2.65, 2.47, 2.64, 2.56, 2.70, 2.72, 2.57]
+ENV = Env(
+    name="dugongs",
+    description="length of dugongs by age",
+    variables={"age": "years", "length": "metres"},
+    observed=("length",),
+    data={"age": np.array(AGE), "length": np.array(LENGTH)},
+    reference_program="",
+)
+GOOD = """import pymc as pm
+import numpy as np
+with pm.Model() as model:
+    a = pm.Normal('a', 0, 5)
+    b = pm.HalfNormal('b', 2)
+    s = pm.HalfNormal('s', 1)
+    pm.Normal('y', a + b * np.log(data['age']), s, observed=data['length'])
+"""
+# The classic escape past the gate: os's globals through a subclass of object.
+ESCAPE = (
+    "g = [c for c in ().__class__.__base__.__subclasses__()"
+    " if c.__name__ == '_wrap_close'][0].__init__.__globals__\n"
+)
+
+needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot run here")
+
+
+def fenced(source: str) -> str:
+    return f"<think>plan</think>\n```python\n{source}```\n"
+
+
+@pytest.fixture(scope="module")
+def canaries(tmp_path_factory) -> list[Path]:
+    return [
+        tmp_path_factory.mktemp("canary") / "canary.txt",
+        Path(synthstats.__file__).parent / "judge-test-canary.txt",
+    ]
+
+
+@pytest.fixture(scope="module")
+def host_secret_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("secret") / "secret.txt"
+    path.write_text(SECRET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker():
+    with pytest.MonkeyPatch.context() as patch:
+        for name in SECRET_VARIABLES:
+            patch.setenv(name, SECRET)
+        judge = SandboxedWorker(CFG)
+        judge.start()
+        yield judge
+        judge.close()
+
+
+@pytest.fixture(scope="module")
+def good_score(worker) -> Score:
+    score = worker.score(GOOD, ENV)
+    assert score.ok, score
+    return score
+
+
+def judge(worker: SandboxedWorker, completion: str) -> Score:
+    prepared = prepare(completion)
+    return prepared if isinstance(prepared, Score) else worker.score(prepared, ENV)
+
+
+def assert_contained(worker, name, score, kind, canaries, good_score):
+    assert score.error_kind == kind, (name, score)
+    assert SECRET not in score.message, name
+    for canary in canaries:
+        written = canary.exists()
+        canary.unlink(missing_ok=True)
+        assert not written, f"{name} wrote {canary}"
+    start = time.perf_counter()
+    after = worker.score(GOOD, ENV)
+    assert time.perf_counter() - start < CFG.timeout_s + 10, name
+    assert after.ok and after.elpd_loo == good_score.elpd_loo, (name, after)
+    if worker.uid is not None:  # nothing of the program's is left running
+        assert _processes_of(worker.uid) == 1, name
+
+
+def _processes_of(uid: int) -> int:
+    return sum(1 for entry in os.listdir("/proc") if entry.isdigit() and _owner(entry) == uid)
+
+
+def _owner(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def hostile_corpus(canaries: list[Path]) -> list[tuple[str, str, str]]:
+    """(name, program, error kind through the full judge)."""
+    first, second = (str(path) for path in canaries)
+    return [
+        ("shell", "import os\nos.system('touch " + first + "')\n", "forbidden"),
+        (
+            "subprocess",
+            "import subprocess\nsubprocess.run(['sh', '-c', 'touch " + first + "'])\n",
+            "forbidden",
+        ),
+        ("passwd", "print(open('/etc/passwd').read())\n", "forbidden"),
+        ("open_canary", f"open({first!r}, 'w').write('x')\n", "forbidden"),
+        (
+            "numpy_canary",
+            f"import numpy as np\nnp.save({second!r}, np.zeros(3))\n",
+            "forbidden",
+        ),
+        (
+            "socket",
+            "import socket\nsocket.create_connection(('127.0.0.1', 80))\n",
+            "forbidden",
+        ),
+        (
+            "environ_chain",
+            "import pytensor\nraise ValueError(str(pytensor.configdefaults.os.environ))\n",
+            "forbidden",
+        ),
+        ("subclasses", ESCAPE + "g['system']('touch " + first + "')\n", "forbidden"),
+        ("builtins", "__builtins__['open']('" + first + "', 'w')\n", "forbidden"),
+        ("getattr", "f = getattr(data, '__cl' + 'ass__')\n", "forbidden"),
+        ("fork_bomb", "import os\nwhile True:\n    os.fork()\n", "forbidden"),
+        ("infinite_loop", "while True:\n    pass\n", "timeout"),
+        ("memory_bomb", "x = ' ' * 10**11\n", "memory"),
+        ("numpy_memory_bomb", "import numpy as np\nx = np.ones((10**6, 10**5))\n", "memory"),
+        ("stdout_flood", "while True:\n    print('x' * 100000)\n", "runtime"),
+    ]
+
+
+def test_hostile_corpus_through_the_judge(worker, good_score, canaries):
+    for name, program, kind in hostile_corpus(canaries):
+        score = judge(worker, fenced(program))
+        assert_contained(worker, name, score, kind, canaries, good_score)
+        assert score.seconds < CFG.timeout_s + 10, name
+
+
+@needs_bwrap
+def test_containment_behind_the_gate(worker, good_score, canaries, host_secret_file):
+    """Programs the gate would refuse, sent straight to a worker: the OS must hold."""
+    first, second = (str(path) for path in canaries)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.5)
+    port = listener.getsockname()[1]
+    real_import = "imp = g['__builtins__']['__import__']\n"
+    cases = [
+        ("environ", ESCAPE + "raise ValueError(str(dict(g['environ'])))\n", "runtime"),
+        ("host_file", ESCAPE + f"fd = g['open']({str(host_secret_file)!r}, 0)\n", "runtime"),
+        (
+            "os_open_canary",
+            ESCAPE + f"fd = g['open']({first!r}, g['O_CREAT'] | g['O_WRONLY'])\n",
+            "runtime",
+        ),
+        ("numpy_canary", f"import numpy as np\nnp.save({second!r}, np.zeros(3))\n", "runtime"),
+        (
+            "shell_canary",
+            ESCAPE + f"rc = g['system']('echo pwned > {first}')\nraise ValueError(rc)\n",
+            "runtime",
+        ),
+        (
+            "network",
+            ESCAPE
+            + real_import
+            + f"imp('socket').create_connection(('127.0.0.1', {port}), timeout=2)\n",
+            "runtime",
+        ),
+        ("fork_bomb", ESCAPE + "while True:\n    g['fork']()\n", "runtime"),
+        ("kill_worker", ESCAPE + "g['kill'](g['getppid'](), 9)\n", "crashed"),
+    ]
+    try:
+        for name, program, kind in cases:
+            score = worker.score(program, ENV)
+            assert_contained(worker, name, score, kind, canaries, good_score)
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_scores_are_identical_without_bwrap_and_keep_the_environment_scrubbed(
+    good_score, monkeypatch
+):
+    monkeypatch.setattr(sandbox, "_warned_uncontained", False)
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    with pytest.warns(RuntimeWarning, match="without bubblewrap"):
+        uncontained = SandboxedWorker(JudgeConfig(**{**vars(CFG), "sandbox": "none"}))
+        uncontained.start()
+    with uncontained:
+        leak = uncontained.score(ESCAPE + "raise ValueError(str(dict(g['environ'])))\n", ENV)
+        assert leak.error_kind == "runtime" and "PYTENSOR_FLAGS" in leak.message
+        assert SECRET not in leak.message
+        again = uncontained.score(GOOD, ENV)
+        assert (again.elpd_loo, again.se, again.p_loo) == (
+            good_score.elpd_loo,
+            good_score.se,
+            good_score.p_loo,
+        )
+
+
+def test_unknown_sandbox_setting_is_refused():
+    with pytest.raises(ValueError, match="auto, bwrap or none"):
+        sandbox.containment_for("docker")
