@@ -55,6 +55,19 @@ class PolicyConfig:
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # Recompute activations in the backward pass: less memory, about a third more compute.
     gradient_checkpointing: bool = False
+    # Tinker only: tokenizer hub id or folder; empty uses the bundled Qwen3 tokenizer,
+    # which only Qwen/Qwen3-* models share.
+    tokenizer: str = ""
+    # Tinker only: Adam of the hosted LoRA weights (defaults are Tinker's own).
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-12
+    # Tinker only: seconds to wait for one request's answer before stopping with an error.
+    request_timeout_s: float = 600.0
+    # Tinker only: retries of a rate-limited or transiently failed request, and the first
+    # backoff in seconds (doubled per retry, with jitter).
+    max_retries: int = 5
+    retry_backoff_s: float = 2.0
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from synthstats.backends.base import PolicyBackend, Rollout, TrainBatch
-from synthstats.config import Config
+from synthstats.config import Config, ConfigError
 
 __all__ = ["PolicyBackend", "Rollout", "TrainBatch", "build_backend"]
 
@@ -18,9 +18,19 @@ def build_backend(config: Config, prompt_keys: Sequence[str] | None = None) -> P
     keys = list(prompt_keys) if prompt_keys is not None else [config.env.name]
     kind = config.policy.kind
     if kind == "tinker" or config.runner.name == "tinker":
-        raise NotImplementedError(
-            "the Tinker backend is not implemented yet; use runner=local with policy=mock "
-            "or an hf policy"
+        if kind != "tinker" or config.runner.name != "tinker":
+            raise ConfigError(
+                f"runner=tinker and policy=tinker go together; got runner={config.runner.name} "
+                f"with policy.kind={kind}"
+            )
+        from synthstats.backends.tinker import TinkerBackend
+
+        return TinkerBackend(
+            policy=config.policy,
+            train=config.runner.train,
+            objective=config.objective,
+            prompt_keys=keys,
+            seed=config.seed,
         )
     if kind not in ("hf", "mock"):
         raise NotImplementedError(f"policy.kind={kind!r} has no backend; use hf or mock")

@@ -1,0 +1,465 @@
+"""The Tinker policy: LoRA sampling and training on Thinking Machines' hosted service.
+
+The base model and its LoRA weights live on the service; the log Z table, the prefix flow
+network and their torch optimizer live here. One training step:
+
+    forward_backward_custom(datums, loss_fn)   the service returns trainer-side log-probs
+                                               (temperature 1) with gradient; loss_fn runs
+                                               the shared objective with the local log Z and
+                                               flows; the SDK sends -dloss/dlogprobs back
+    optim_step(AdamParams)                     submitted before waiting on the above
+    local Adam step                            log Z and flow network, once grads are in
+    save_weights_and_get_sampling_client()     sampling follows the new weights
+
+Faults: every wait has policy.request_timeout_s; rate limits and transient errors are
+retried (tinker_retry). A failed forward-backward is the exception: the SDK then refuses
+every later request of that training client, so the step raises and the run must resume
+from its last checkpoint; nothing of the batch was applied.
+
+Checkpoint layout written by `save`:
+    tinker_checkpoint.json   base model, LoRA rank, step, tinker:// paths of the training
+                             state (resume) and of the sampler weights (synthstats eval)
+    policy_state.pt          log Z table, flow network, local optimizer, sampling RNG
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tinker import types
+from torch import Tensor
+
+from synthstats.backends.base import Rollout, TrainBatch
+from synthstats.backends.tinker_chat import ChatTokens, load_tokenizer
+from synthstats.backends.tinker_connection import (
+    TinkerConnection,
+    check_model_supported,
+    connect,
+    require_credentials,
+)
+from synthstats.backends.tinker_datums import (
+    completion_log_probs,
+    padded_completions,
+    scored_completion,
+    trajectory_datum,
+)
+from synthstats.backends.tinker_retry import (
+    RetryPolicy,
+    TinkerBackendError,
+    request,
+    wait,
+    wait_with_retries,
+    with_retries,
+)
+from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
+from synthstats.objectives import (
+    FlowInputs,
+    LogZTable,
+    Objective,
+    PrefixFlowNet,
+    build_objective,
+    think_log_prob,
+    think_span_mask,
+    vargrad_log_z,
+)
+
+CHECKPOINT_FILE = "tinker_checkpoint.json"
+STATE_FILE = "policy_state.pt"
+
+# Tinker trains LoRA on whole blocks; each local target module name selects its block.
+_LORA_BLOCKS = {
+    "train_attn": {"q_proj", "k_proj", "v_proj", "o_proj"},
+    "train_mlp": {"gate_proj", "up_proj", "down_proj"},
+    "train_unembed": {"lm_head"},
+}
+
+
+class TinkerBackend:
+    """A hosted LoRA policy with a local log Z table and prefix flow network."""
+
+    def __init__(
+        self,
+        *,
+        policy: PolicyConfig,
+        train: TrainConfig,
+        objective: ObjectiveConfig,
+        prompt_keys: Sequence[str],
+        seed: int = 0,
+        connection: TinkerConnection | None = None,
+    ) -> None:
+        require_credentials()
+        needs_flow = build_objective(objective).needs_flow
+        if needs_flow and objective.flow_estimator != "prefix_net":
+            raise ConfigError(
+                "Tinker does not expose hidden states: use objective.flow_estimator=prefix_net"
+            )
+        self.policy = policy
+        self.seed = seed
+        self.max_grad_norm = train.max_grad_norm
+        self.retry = RetryPolicy(
+            timeout_s=policy.request_timeout_s,
+            max_retries=policy.max_retries,
+            backoff_s=policy.retry_backoff_s,
+        )
+        self.lora_blocks = lora_blocks(policy.lora_target_modules)
+        self.chat = ChatTokens(load_tokenizer(policy), enable_thinking=policy.thinking != "off")
+        self.adam = types.AdamParams(
+            learning_rate=train.learning_rate,
+            beta1=policy.adam_beta1,
+            beta2=policy.adam_beta2,
+            eps=policy.adam_eps,
+            grad_clip_norm=train.max_grad_norm,
+        )
+        self.connection = connection or connect()
+        check_model_supported(self.connection.rest, policy.model_name, self.retry)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.log_z = LogZTable(prompt_keys) if objective.log_z == "learned" else None
+            vocab_size = len(self.chat.tokenizer)
+            self.flow = PrefixFlowNet(prompt_keys, vocab_size=vocab_size) if needs_flow else None
+        groups = []
+        if self.log_z is not None:
+            groups.append(
+                {"name": "log_z", "params": [self.log_z.values], "lr": objective.log_z_lr}
+            )
+        if self.flow is not None:
+            groups.append(
+                {
+                    "name": "flow",
+                    "params": list(self.flow.parameters()),
+                    "lr": train.flow_learning_rate,
+                }
+            )
+        self.optimizer = torch.optim.Adam(groups) if groups else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps = 0
+        self._training: Any = None
+        self._sampler: Any = None
+        self._reference: Any = None
+        self._saved: dict[str, Any] | None = None
+        self._broken: str | None = None
+
+    # ---- tokens -------------------------------------------------------------------------
+
+    def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
+        return self.chat.render_prompt(messages)
+
+    def tokenize_completion(self, text: str) -> list[int]:
+        return self.chat.tokenize_completion(text)
+
+    def decode_completion(self, completion_ids: Sequence[int]) -> str:
+        return self.chat.decode_completion(completion_ids)
+
+    # ---- sampling -----------------------------------------------------------------------
+
+    def sample(
+        self, prompt_key: str, prompt_ids: Sequence[int], temperatures: Sequence[float]
+    ) -> list[Rollout]:
+        if any(temperature <= 0 for temperature in temperatures):
+            raise ValueError(f"sampling temperatures must be > 0, got {list(temperatures)}")
+        sampler = self._sampling_client()
+        prompt = types.ModelInput.from_ints(list(prompt_ids))
+        rows_by_temperature: dict[float, list[int]] = {}
+        for row, temperature in enumerate(temperatures):
+            rows_by_temperature.setdefault(float(temperature), []).append(row)
+        # Seeds are drawn once, so a retried request draws the same completions.
+        requests = [
+            (rows, self._sampling_params(temperature))
+            for temperature, rows in rows_by_temperature.items()
+        ]
+
+        def submit_all() -> list[Any]:
+            return [sampler.sample(prompt, len(rows), params) for rows, params in requests]
+
+        def attempt() -> list[Any]:
+            return [wait(future, "sampling", self.retry.timeout_s) for future in submit_all()]
+
+        responses = with_retries(attempt, "sampling", self.retry)
+        completions: list[list[int]] = [[] for _ in temperatures]
+        for (rows, _), response in zip(requests, responses, strict=True):
+            if len(response.sequences) != len(rows):
+                raise TinkerBackendError(
+                    f"Tinker returned {len(response.sequences)} samples, asked for {len(rows)}"
+                )
+            for row, sequence in zip(rows, response.sequences, strict=True):
+                completions[row] = list(sequence.tokens)
+        return [
+            Rollout(
+                prompt_key=prompt_key,
+                prompt_ids=tuple(prompt_ids),
+                completion_ids=tuple(ids),
+                text=self.chat.decode_completion(ids),
+                truncated=not self.chat.ends_with_stop(ids),
+                temperature=float(temperature),
+            )
+            for ids, temperature in zip(completions, temperatures, strict=True)
+        ]
+
+    def _sampling_params(self, temperature: float) -> types.SamplingParams:
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
+        return types.SamplingParams(
+            max_tokens=self.policy.max_new_tokens,
+            temperature=temperature,
+            stop=list(self.chat.stop_ids),
+            seed=seed,
+        )
+
+    # ---- learning -----------------------------------------------------------------------
+
+    def train_step(self, batch: TrainBatch, objective: Objective) -> dict[str, float]:
+        if objective.needs_flow and self.flow is None:
+            raise ValueError(
+                "this objective needs a flow estimator, but the backend was built for "
+                "objective.loss=tb; build it from the same objective config"
+            )
+        self._check_usable()
+        training = self._training_client()
+        data = [
+            trajectory_datum(prompt, completion)
+            for prompt, completion in zip(batch.prompt_ids, batch.completion_ids, strict=True)
+        ]
+        recorded: dict[str, float] = {}
+        loss_fn = self._loss_fn(batch, objective, recorded)
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+        # Both requests go out before either is awaited; the service runs them in order.
+        backward = training.forward_backward_custom(data, loss_fn)
+        optim = training.optim_step(self.adam)
+        try:
+            wait(backward, "forward-backward", self.retry.timeout_s)
+        except Exception as error:
+            self._broken = (
+                f"the Tinker forward-backward of step {self.steps + 1} failed ({error}); the "
+                "SDK accepts no further requests from this training client. Nothing of the "
+                "batch was applied: resume the run from its last checkpoint"
+            )
+            raise TinkerBackendError(self._broken) from error
+        metrics = self._step_local_parts()
+        response = wait_with_retries(
+            optim, lambda: training.optim_step(self.adam), "optimizer step", self.retry
+        )
+        self.steps += 1
+        self._sampler = self._refresh_sampler()
+        metrics.update(recorded)
+        for key, value in (response.metrics or {}).items():
+            metrics[f"tinker/{key}"] = float(value)
+        return metrics
+
+    def _loss_fn(
+        self, batch: TrainBatch, objective: Objective, recorded: dict[str, float]
+    ) -> Callable[[list[types.Datum], list[Tensor]], tuple[Tensor, dict[str, float]]]:
+        """The custom loss the SDK calls with each datum's log-probs (with gradient)."""
+        prompt_lengths = [len(ids) for ids in batch.prompt_ids]
+        completion_lengths = [len(ids) for ids in batch.completion_ids]
+        completion_ids = padded_completions(batch.completion_ids)
+        log_reward = batch.log_reward.detach().float()
+        keys = list(batch.prompt_keys)
+
+        def loss_fn(
+            data: list[types.Datum], logprobs: list[Tensor]
+        ) -> tuple[Tensor, dict[str, float]]:
+            log_pf, mask = completion_log_probs(logprobs, prompt_lengths, completion_lengths)
+            log_flow = None
+            if self.flow is not None:
+                log_flow = self.flow(FlowInputs(keys, completion_ids, mask))
+            if self.log_z is not None:
+                log_z = self.log_z(keys)
+            else:
+                log_z = vargrad_log_z(log_pf, mask, log_reward=log_reward, prompt_keys=keys)
+            loss = objective(log_pf, mask, log_flow, log_reward=log_reward, log_z=log_z)
+            log_pf_total = torch.where(mask, log_pf, 0.0).sum(-1)
+            recorded.update(
+                loss=float(loss.detach()),
+                log_z=float(log_z.detach().mean()),
+                log_pf_mean=float(log_pf_total.detach().mean()),
+                tokens=float(mask.sum()),
+            )
+            return loss, dict(recorded)
+
+        return loss_fn
+
+    def _step_local_parts(self) -> dict[str, float]:
+        """Clip and step log Z and the flow network, whose grads the custom loss filled."""
+        if self.optimizer is None:
+            return {}
+        metrics = {
+            f"grad_norm_{group['name']}": float(
+                torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
+            )
+            for group in self.optimizer.param_groups
+        }
+        self.optimizer.step()
+        return metrics
+
+    # ---- thinking: latent ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def reference_think_log_prob(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> Tensor:
+        if self._reference is None:
+            self._reference = request(
+                lambda: self.connection.service.create_sampling_client(
+                    base_model=self.policy.model_name
+                ),
+                "reference sampling client",
+                self.retry,
+            )
+        reference = self._reference
+        sequences = [
+            types.ModelInput.from_ints([*prompt, *completion])
+            for prompt, completion in zip(prompt_ids, completion_ids, strict=True)
+        ]
+
+        def attempt() -> list[Any]:
+            futures = [reference.compute_logprobs(sequence) for sequence in sequences]
+            return [wait(future, "reference log-probs", self.retry.timeout_s) for future in futures]
+
+        scored = with_retries(attempt, "reference log-probs", self.retry)
+        rows = [
+            scored_completion(values, len(prompt), len(completion))
+            for values, prompt, completion in zip(scored, prompt_ids, completion_ids, strict=True)
+        ]
+        lengths = [len(row) for row in rows]
+        ref_log_probs = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
+        mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
+        span = think_span_mask(
+            padded_completions(completion_ids), mask, think_end_id=self.chat.think_end_id
+        )
+        return think_log_prob(ref_log_probs, span)
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def save(self, directory: Path) -> None:
+        self._check_usable()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self._saved is None or self._saved["step"] != self.steps:
+            self._saved = self._save_on_service()
+        _write_atomically(directory / CHECKPOINT_FILE, json.dumps(self._saved, indent=2).encode())
+        state = {
+            "log_z": None if self.log_z is None else self.log_z.state_dict(),
+            "flow": None if self.flow is None else self.flow.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "sampling_rng": self.generator.get_state(),
+            "steps": self.steps,
+        }
+        staging = directory / f".{STATE_FILE}.tmp"
+        torch.save(state, staging)
+        os.replace(staging, directory / STATE_FILE)
+
+    def _save_on_service(self) -> dict[str, Any]:
+        """Training state (weights + Adam) and sampler weights, both submitted before waiting."""
+        training = self._training_client()
+        name = f"step-{self.steps:06d}"
+        state = training.save_state(name, overwrite=True)
+        sampler = training.save_weights_for_sampler(name)
+        state_path = wait_with_retries(
+            state,
+            lambda: training.save_state(name, overwrite=True),
+            "checkpoint save",
+            self.retry,
+        ).path
+        sampler_path = wait_with_retries(
+            sampler,
+            lambda: training.save_weights_for_sampler(name),
+            "sampler weights save",
+            self.retry,
+        ).path
+        return {
+            "base_model": self.policy.model_name,
+            "lora_rank": self.policy.lora_r,
+            "step": self.steps,
+            "state_path": state_path,
+            "sampler_path": sampler_path,
+        }
+
+    def load(self, directory: Path) -> None:
+        directory = Path(directory)
+        saved = json.loads((directory / CHECKPOINT_FILE).read_text())
+        mine = {"base_model": self.policy.model_name, "lora_rank": self.policy.lora_r}
+        theirs = {key: saved[key] for key in mine}
+        if theirs != mine:
+            raise ValueError(
+                f"checkpoint {directory} was trained as {theirs}, this policy is {mine}"
+            )
+        state = torch.load(directory / STATE_FILE, weights_only=True)
+        _load_or_check_absent(self.log_z, state["log_z"], "log Z table")
+        _load_or_check_absent(self.flow, state["flow"], "flow network")
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["sampling_rng"])
+        self._training = request(
+            lambda: self.connection.service.create_training_client_from_state_with_optimizer(
+                saved["state_path"]
+            ),
+            "training client from checkpoint",
+            self.retry,
+        )
+        self.steps = state["steps"]
+        self._saved = saved
+        self._sampler = None
+        self._broken = None
+
+    # ---- service clients ----------------------------------------------------------------
+
+    def _training_client(self) -> Any:
+        if self._training is None:
+            self._training = request(
+                lambda: self.connection.service.create_lora_training_client(
+                    base_model=self.policy.model_name,
+                    rank=self.policy.lora_r,
+                    seed=self.seed,
+                    **self.lora_blocks,
+                ),
+                "training client creation",
+                self.retry,
+            )
+        return self._training
+
+    def _sampling_client(self) -> Any:
+        if self._sampler is None:
+            self._sampler = self._refresh_sampler()
+        return self._sampler
+
+    def _refresh_sampler(self) -> Any:
+        """A sampling client on the training client's current weights."""
+        training = self._training_client()
+        return request(training.save_weights_and_get_sampling_client, "sampler refresh", self.retry)
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise TinkerBackendError(self._broken)
+
+
+def lora_blocks(target_modules: Sequence[str]) -> dict[str, bool]:
+    """Tinker's train_attn / train_mlp / train_unembed switches for the local target names."""
+    known = set().union(*_LORA_BLOCKS.values())
+    unknown = sorted(set(target_modules) - known)
+    if unknown or not target_modules:
+        raise ConfigError(
+            f"policy.lora_target_modules={list(target_modules)}: Tinker trains whole blocks; "
+            f"use names from {sorted(known)}"
+        )
+    return {block: bool(names & set(target_modules)) for block, names in _LORA_BLOCKS.items()}
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_bytes(payload)
+    os.replace(staging, path)
+
+
+def _load_or_check_absent(module: torch.nn.Module | None, state: dict | None, what: str) -> None:
+    if (module is None) != (state is None):
+        raise ValueError(
+            f"checkpoint and backend disagree on the {what}: built from a different objective"
+        )
+    if module is not None:
+        module.load_state_dict(state)
