@@ -32,8 +32,20 @@ def build_backend(config: Config, prompt_keys: Sequence[str] | None = None) -> P
             prompt_keys=keys,
             seed=config.seed,
         )
+    if kind == "slot":
+        from synthstats.backends.slot import SlotBackend
+        from synthstats.eval.spaces import get_space
+
+        return SlotBackend(
+            get_space(config.env.name),
+            policy=config.policy,
+            train=config.runner.train,
+            objective=config.objective,
+            prompt_keys=keys,
+            seed=config.seed,
+        )
     if kind not in ("hf", "mock"):
-        raise NotImplementedError(f"policy.kind={kind!r} has no backend; use hf or mock")
+        raise NotImplementedError(f"policy.kind={kind!r} has no backend; use hf, mock or slot")
     if kind == "hf" and not config.policy.model_name:
         raise ValueError("policy.kind=hf needs policy.model_name (a hub id or a local folder)")
 
