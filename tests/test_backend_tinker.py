@@ -1,0 +1,411 @@
+"""Tinker backend against a fake service (tests/fake_tinker.py); no test reaches a network
+except the opt-in live smoke test at the end (skipped unless TINKER_API_KEY is set)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+
+import pytest
+import torch
+from fake_tinker import HANG, FakeServer, rate_limit_error
+
+from synthstats.backends import TrainBatch, build_backend
+from synthstats.backends.local import LocalBackend
+from synthstats.backends.tinker import CHECKPOINT_FILE, STATE_FILE, TinkerBackend, lora_blocks
+from synthstats.backends.tinker_connection import TinkerSetupError
+from synthstats.backends.tinker_datums import completion_log_probs, trajectory_datum
+from synthstats.backends.tinker_retry import TinkerBackendError, TinkerTimeoutError
+from synthstats.config import Config, ConfigError
+from synthstats.objectives import build_objective
+
+MESSAGES = [
+    {"role": "system", "content": "Write a PyMC model."},
+    {"role": "user", "content": "y = [1.2, 0.7]"},
+]
+FAKE_KEY = "tml-fake-key-for-tests-only"
+
+
+def config_for(runner: str, **overrides: object) -> Config:
+    """A tiny run config; runner=tinker uses the hosted-policy fields, local the mock model."""
+    config = Config()
+    config.policy.max_new_tokens = 8
+    config.policy.lora_dropout = 0.0
+    config.policy.retry_backoff_s = 0.001
+    config.runner.name = runner
+    if runner == "tinker":
+        config.policy.kind = "tinker"
+        config.policy.model_name = "Qwen/Qwen3-8B"
+    for dotted, value in overrides.items():
+        section, key = dotted.split("__")
+        setattr(getattr(config, section) if section != "train" else config.runner.train, key, value)
+    return config
+
+
+def perturbed_local(config: Config) -> LocalBackend:
+    """The mock policy with LoRA B moved off zero, so the adapter changes the policy."""
+    local = build_backend(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in local.module.lm.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    return local
+
+
+@pytest.fixture(scope="module")
+def base_lm():
+    """The fake server's model: the mock policy's PEFT model with a non-zero adapter."""
+    return perturbed_local(config_for("local")).module.lm
+
+
+@pytest.fixture
+def server(base_lm) -> FakeServer:
+    return FakeServer(base_lm, models=["Qwen/Qwen3-8B", "Qwen/Qwen3.5-4B"])
+
+
+@pytest.fixture
+def make_backend(server, monkeypatch):
+    """TinkerBackend on the fake service, with a dummy key in the environment."""
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+
+    def make(config: Config | None = None, fake: FakeServer = server) -> TinkerBackend:
+        config = config or config_for("tinker")
+        return TinkerBackend(
+            policy=config.policy,
+            train=config.runner.train,
+            objective=config.objective,
+            prompt_keys=[config.env.name],
+            seed=config.seed,
+            connection=fake.connection(),
+        )
+
+    return make
+
+
+def two_trajectories(backend) -> TrainBatch:
+    prompt = backend.render_prompt(MESSAGES)
+    short_prompt = backend.render_prompt(MESSAGES[1:])
+    return TrainBatch(
+        prompt_keys=["dugongs", "dugongs"],
+        prompt_ids=[prompt, short_prompt],
+        completion_ids=[
+            backend.tokenize_completion("import pymc as pm"),
+            backend.tokenize_completion("<think>\nnormal\n</think>\n\nx = 1"),
+        ],
+        log_reward=torch.tensor([-2.0, 1.5]),
+    )
+
+
+# ---- datums ------------------------------------------------------------------------------
+
+
+def test_datum_shifts_the_sequence_and_weights_only_the_completion():
+    datum = trajectory_datum([1, 2, 3], [4, 5])
+    assert datum.model_input.to_ints() == [1, 2, 3, 4]
+    assert datum.loss_fn_inputs["target_tokens"].tolist() == [2, 3, 4, 5]
+    assert datum.loss_fn_inputs["weights"].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+    logprobs = [torch.tensor([-9.0, -9.0, -0.5, -0.25]), torch.tensor([-9.0, -1.0])]
+    log_pf, mask = completion_log_probs(logprobs, [3, 2], [2, 1])
+    assert log_pf.tolist() == [[-0.5, -0.25], [-1.0, 0.0]]
+    assert mask.tolist() == [[True, True], [True, False]]
+
+
+# ---- learning: parity with the local backend ---------------------------------------------
+
+
+def assert_same_gradient(tinker_grad: torch.Tensor, local_grad: torch.Tensor, name: str) -> None:
+    """Equal within 1e-5 of the gradient's scale (absolute when it is at most 1).
+
+    Both sides are float32; a padded batch and per-row forwards sum in different orders,
+    which at this batch's residual (~100 nats) moves gradients of ~100 by ~4e-5.
+    """
+    scale = max(1.0, float(local_grad.abs().max()))
+    assert float(local_grad.abs().max()) > 1e-3, f"{name}: no gradient to compare"
+    difference = float((tinker_grad - local_grad).abs().max())
+    assert difference <= 1e-5 * scale, f"{name}: differs by {difference:.3g} at scale {scale:.3g}"
+
+
+def test_gradients_and_loss_match_the_local_backend(make_backend):
+    """Same weights, same batch: the LoRA gradient the service applies, the log Z and flow
+    gradients and the loss equal the local backend's (learning rates 0, clipping off)."""
+    frozen = {
+        "train__learning_rate": 0.0,
+        "train__flow_learning_rate": 0.0,
+        "objective__log_z_lr": 0.0,
+        "train__max_grad_norm": 1e9,
+    }
+    local = perturbed_local(config_for("local", **frozen))
+    server = FakeServer(copy.deepcopy(local.module.lm))
+    tinker = make_backend(config_for("tinker", **frozen), fake=server)
+    with torch.no_grad():
+        local.module.log_z.values.fill_(3.0)
+    tinker.log_z.load_state_dict(local.module.log_z.state_dict())
+    tinker.flow.load_state_dict(local.module.flow.state_dict())
+    batch = two_trajectories(local)
+    assert tinker.render_prompt(MESSAGES) == local.render_prompt(MESSAGES)
+    objective = build_objective(config_for("local").objective)
+
+    local_metrics = local.train_step(batch, objective)
+    tinker_metrics = tinker.train_step(batch, objective)
+
+    (applied,) = server.applied_grads
+    local_lora = {
+        name: param.grad for name, param in local.module.lm.named_parameters() if "lora_" in name
+    }
+    assert set(applied) == set(local_lora)
+    for name, grad in applied.items():
+        assert_same_gradient(grad, local_lora[name], name)
+    assert_same_gradient(tinker.log_z.values.grad, local.module.log_z.values.grad, "log Z")
+    for (name, param), local_param in zip(
+        tinker.flow.named_parameters(), local.module.flow.parameters(), strict=True
+    ):
+        assert_same_gradient(param.grad, local_param.grad, name)
+    for key in ("loss", "log_z", "log_pf_mean", "tokens", "grad_norm_log_z", "grad_norm_flow"):
+        assert tinker_metrics[key] == pytest.approx(local_metrics[key], rel=1e-5), key
+
+
+def test_step_submits_the_optimizer_step_before_waiting_and_refreshes_the_sampler(
+    make_backend, server
+):
+    backend = make_backend(config_for("tinker", train__learning_rate=1e-2))
+    prompt = backend.render_prompt(MESSAGES)
+    backend.sample("dugongs", prompt, [1.0])
+    before = len(server.events)
+
+    backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+    step_events = server.events[before:]
+    assert step_events.index("submit optim_step") < step_events.index(
+        "wait forward_backward_custom"
+    )
+    assert step_events[-2:] == [
+        "submit save_weights_and_get_sampling_client",
+        "wait save_weights_and_get_sampling_client",
+    ]
+    backend.sample("dugongs", prompt, [1.0])
+    assert server.sample_versions == [0, 1]  # the second draw sees the trained weights
+
+
+def test_sample_returns_one_rollout_per_temperature_in_order(make_backend, server):
+    backend = make_backend()
+    prompt = backend.render_prompt(MESSAGES)
+    rollouts = backend.sample("dugongs", prompt, [1.0, 1.5, 1.0])
+
+    assert [r.temperature for r in rollouts] == [1.0, 1.5, 1.0]
+    assert server.events.count("submit sample") == 2  # one request per temperature
+    for rollout in rollouts:
+        assert rollout.prompt_ids == tuple(prompt)
+        assert 1 <= len(rollout.completion_ids) <= 8
+        stopped = rollout.completion_ids[-1] in backend.chat.stop_ids
+        assert rollout.truncated == (not stopped)
+        assert rollout.text == backend.decode_completion(rollout.completion_ids)
+
+
+# ---- faults ------------------------------------------------------------------------------
+
+
+def test_rate_limits_are_retried_with_logging_and_the_batch_applied_once(
+    make_backend, server, caplog
+):
+    backend = make_backend()
+    prompt = backend.render_prompt(MESSAGES)
+    server.failures["sample"] = [rate_limit_error(), rate_limit_error()]
+    server.failures["optim_step"] = [rate_limit_error()]
+
+    with caplog.at_level(logging.WARNING, logger="synthstats.backends.tinker_retry"):
+        (rollout,) = backend.sample("dugongs", prompt, [1.0])
+        backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+
+    assert rollout.completion_ids
+    retries = [r.getMessage() for r in caplog.records]
+    assert sum("sampling failed (RateLimitError" in m for m in retries) == 2
+    assert sum("optimizer step failed (RateLimitError" in m for m in retries) == 1
+    assert len(server.applied_grads) == 1
+    assert FAKE_KEY not in caplog.text
+
+
+def test_retries_are_bounded(make_backend, server):
+    config = config_for("tinker")
+    config.policy.max_retries = 1
+    backend = make_backend(config)
+    server.failures["sample"] = [rate_limit_error(), rate_limit_error()]
+    with pytest.raises(TinkerBackendError, match="after 2 attempts"):
+        backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+
+
+def test_a_request_without_answer_is_a_clear_timeout(make_backend, server):
+    config = config_for("tinker")
+    config.policy.request_timeout_s = 0.05
+    backend = make_backend(config)
+    server.failures["sample"] = [HANG]
+    with pytest.raises(TinkerTimeoutError, match=r"sampling got no answer.*request_timeout_s"):
+        backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+
+
+def test_a_failed_forward_backward_stops_without_applying_the_batch(make_backend, server):
+    backend = make_backend()
+    batch = two_trajectories(backend)
+    server.failures["forward_backward_custom"] = [rate_limit_error()]
+    log_z_before = backend.log_z.values.detach().clone()
+
+    with pytest.raises(TinkerBackendError, match="resume the run from its last checkpoint"):
+        backend.train_step(batch, build_objective(Config().objective))
+    assert server.applied_grads == []
+    assert torch.equal(backend.log_z.values.detach(), log_z_before)
+    with pytest.raises(TinkerBackendError, match="last checkpoint"):
+        backend.train_step(batch, build_objective(Config().objective))
+
+
+# ---- start-up checks ---------------------------------------------------------------------
+
+
+def test_a_missing_key_is_named_before_any_work(server, monkeypatch, tmp_path):
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    monkeypatch.delenv("TINKER_CREDENTIAL_CMD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no stored `tinker auth login` key
+    config = config_for("tinker")
+    with pytest.raises(TinkerSetupError, match="TINKER_API_KEY"):
+        TinkerBackend(
+            policy=config.policy,
+            train=config.runner.train,
+            objective=config.objective,
+            prompt_keys=["dugongs"],
+            connection=server.connection(),
+        )
+    assert server.events == []
+
+
+def test_an_unsupported_model_lists_the_supported_ones(make_backend):
+    config = config_for("tinker")
+    config.policy.model_name = "Qwen/Qwen3-4B-Instruct-2507"
+    with pytest.raises(TinkerSetupError, match=r"supported: Qwen/Qwen3-8B, Qwen/Qwen3.5-4B"):
+        make_backend(config)
+
+
+def test_a_non_qwen3_model_needs_its_own_tokenizer(make_backend):
+    config = config_for("tinker")
+    config.policy.model_name = "Qwen/Qwen3.5-4B"
+    with pytest.raises(ConfigError, match="policy.tokenizer=Qwen/Qwen3.5-4B"):
+        make_backend(config)
+
+
+def test_lora_target_modules_choose_the_tinker_blocks(make_backend, server):
+    assert lora_blocks(["q_proj", "v_proj"]) == {
+        "train_attn": True,
+        "train_mlp": False,
+        "train_unembed": False,
+    }
+    with pytest.raises(ConfigError, match="whole blocks"):
+        lora_blocks(["q_proj", "qkv"])
+    config = config_for("tinker")
+    config.policy.lora_target_modules = ["gate_proj", "lm_head"]
+    config.policy.lora_r = 8
+    backend = make_backend(config)
+    backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    (created,) = server.lora_requests
+    assert created == dict(
+        base_model="Qwen/Qwen3-8B",
+        rank=8,
+        seed=0,
+        train_mlp=True,
+        train_attn=False,
+        train_unembed=True,
+    )
+
+
+def test_build_backend_pairs_runner_and_policy(monkeypatch):
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    with pytest.raises(ConfigError, match="go together"):
+        build_backend(config_for("local", policy__kind="tinker"))
+    with pytest.raises(ConfigError, match="go together"):
+        build_backend(config_for("tinker", policy__kind="mock"))
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+
+
+def test_save_and_load_restore_both_sides(make_backend, server, tmp_path):
+    config = config_for("tinker", train__learning_rate=1e-2)
+    objective = build_objective(config.objective)
+    first = make_backend(config)
+    batch = two_trajectories(first)
+    first.train_step(batch, objective)
+    first.save(tmp_path / "policy")
+
+    saved = json.loads((tmp_path / "policy" / CHECKPOINT_FILE).read_text())
+    assert saved["state_path"] in server.checkpoints
+    assert saved["sampler_path"].startswith("tinker://") and saved["step"] == 1
+    for path in (tmp_path / "policy").iterdir():
+        assert FAKE_KEY.encode() not in path.read_bytes()
+    assert {p.name for p in (tmp_path / "policy").iterdir()} == {CHECKPOINT_FILE, STATE_FILE}
+
+    second = make_backend(config)
+    second.load(tmp_path / "policy")
+    assert torch.equal(second.log_z.values, first.log_z.values)
+    prompt = first.render_prompt(MESSAGES)
+    assert second.sample("dugongs", prompt, [1.0]) == first.sample("dugongs", prompt, [1.0])
+    again = [backend.train_step(batch, objective) for backend in (first, second)]
+    assert again[0]["loss"] == pytest.approx(again[1]["loss"], rel=1e-6)
+    assert again[0]["log_z"] == pytest.approx(again[1]["log_z"], rel=1e-6)
+
+
+def test_load_refuses_a_checkpoint_of_another_model(make_backend, tmp_path):
+    first = make_backend()
+    first.save(tmp_path)
+    config = config_for("tinker")
+    config.policy.lora_r = 4
+    with pytest.raises(ValueError, match="lora_rank"):
+        make_backend(config).load(tmp_path)
+
+
+# ---- thinking: latent --------------------------------------------------------------------
+
+
+def test_reference_think_log_prob_scores_the_think_span_under_the_base_model(make_backend, base_lm):
+    config = config_for("tinker")
+    config.policy.thinking = "latent"
+    backend = make_backend(config)
+    prompt = backend.render_prompt(MESSAGES)
+    completion = backend.tokenize_completion("<think>\nnormal\n</think>\n\nx = 1")
+    think_end = completion.index(backend.chat.think_end_id)
+
+    (value,) = backend.reference_think_log_prob([prompt], [completion]).tolist()
+
+    with torch.no_grad(), base_lm.disable_adapter():
+        logits = base_lm(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+    steps = logits[len(prompt) - 1 : -1].log_softmax(-1)
+    expected = steps.gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+    assert value == pytest.approx(float(expected[: think_end + 1].sum()), rel=1e-5)
+    assert value != pytest.approx(float(expected.sum()), rel=1e-3)
+
+
+# ---- the real service (opt-in) -----------------------------------------------------------
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TINKER_API_KEY"), reason="live Tinker smoke test: set TINKER_API_KEY"
+)
+def test_live_tinker_samples_and_takes_one_step(tmp_path):
+    """Costs a few cents: model check, one sample, one training step, one checkpoint."""
+    config = config_for("tinker")
+    config.policy.model_name = os.environ.get("SYNTHSTATS_TINKER_MODEL", "Qwen/Qwen3-8B")
+    config.policy.max_new_tokens = 16
+    backend = build_backend(config)
+    prompt = backend.render_prompt(MESSAGES)
+    (rollout,) = backend.sample("dugongs", prompt, [1.0])
+    assert rollout.completion_ids
+    batch = TrainBatch(
+        prompt_keys=["dugongs"],
+        prompt_ids=[prompt],
+        completion_ids=[list(rollout.completion_ids)],
+        log_reward=torch.tensor([0.0]),
+    )
+    metrics = backend.train_step(batch, build_objective(config.objective))
+    assert metrics["tokens"] == len(rollout.completion_ids)
+    backend.save(tmp_path)
+    assert json.loads((tmp_path / CHECKPOINT_FILE).read_text())["state_path"].startswith(
+        "tinker://"
+    )
