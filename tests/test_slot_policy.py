@@ -11,10 +11,11 @@ import torch
 from synthstats.backends import TrainBatch, build_backend
 from synthstats.backends.slot import BOS, EOS, SlotBackend
 from synthstats.config import resolve
-from synthstats.eval.metrics import exact_metrics, total_variation
+from synthstats.eval.exact import space_metrics
+from synthstats.eval.metrics import total_variation
 from synthstats.eval.spaces import get_space
 from synthstats.eval.spaces.scores import load_scores
-from synthstats.eval.spaces.target import space_log_rewards
+from synthstats.eval.spaces.target import space_log_rewards, space_reference_elpd
 from synthstats.judge.extract import extract_program
 from synthstats.objectives import build_objective
 
@@ -112,11 +113,11 @@ def test_tokenize_rejects_text_and_ids_outside_the_space(skewed):
 @pytest.mark.parametrize("loss", ["tb", "subtb"])
 def test_shared_objective_teaches_the_dugongs_target(loss):
     space = get_space(ENV)
-    scores = load_scores(space)
-    log_reward = space_log_rewards(space, scores, reference_elpd=float(np.max(scores.elpd)))
+    reference = space_reference_elpd(load_scores(space))
+    log_reward = space_log_rewards(space, load_scores(space), reference_elpd=reference)
     backend = make_backend(f"objective={loss}")
     objective = build_objective(resolve([f"objective={loss}"]).objective)
-    start = exact_metrics(log_reward, backend.exact_log_probs(), backend.learned_log_z())
+    start = space_metrics(backend, space, reference_elpd=reference)
     for _ in range(200):
         rollouts = backend.sample(ENV, [BOS], [1.0] * 16)
         batch = TrainBatch(
@@ -126,7 +127,7 @@ def test_shared_objective_teaches_the_dugongs_target(loss):
             torch.tensor([log_reward[r.text] for r in rollouts]),
         )
         metrics = backend.train_step(batch, objective)
-    end = exact_metrics(log_reward, backend.exact_log_probs(), backend.learned_log_z())
+    end = space_metrics(backend, space, reference_elpd=reference)
     assert set(metrics) >= {"loss", "log_z", "grad_norm_policy", "grad_norm_log_z"}
     assert start.tv > 0.5
     assert end.tv < 0.1 and end.logz_error < 0.2 and end.modes_covered == 1.0

@@ -26,15 +26,20 @@ import numpy as np
 
 from synthstats.eval.spaces.grammar import Path as ProgramPath
 from synthstats.eval.spaces.grammar import ProgramSpace
+from synthstats.judge.score import Score
 
 if TYPE_CHECKING:
     from synthstats.config import JudgeConfig
     from synthstats.envs.base import Env
-    from synthstats.judge.score import Score
 
 SCORE_DIR = Path(__file__).parent / "scores"
 BUDGET_FIELDS = ("draws", "tune", "chains", "target_accept", "seed")
 VERSIONED_PACKAGES = ("pymc", "pytensor", "arviz", "numpy")
+# The Score fields kept per program.
+SCORE_FIELDS = (
+    *("ok", "error_kind", "message", "elpd_loo", "se", "p_loo", "mcse_elpd"),
+    *("pareto_k_max", "divergences", "seconds"),
+)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class SpaceScores:
     elpd: np.ndarray  # [N] float64, nan where not ok
     mcse: np.ndarray  # [N] float64, the judge's rough MCSE of each ELPD (nan if unknown)
     seconds: np.ndarray  # [N] judge wall-clock seconds per program
+    scores: tuple[Score, ...]  # [N] the stored Scores, marked cached
 
 
 def scores_path(env_name: str) -> Path:
@@ -84,6 +90,10 @@ def load_scores(space: ProgramSpace, path: Path | None = None) -> SpaceScores:
         elpd=column("elpd_loo"),
         mcse=column("mcse_elpd"),
         seconds=column("seconds"),
+        scores=tuple(
+            Score.from_dict({**{key: row[key] for key in SCORE_FIELDS}, "cached": True})
+            for row in rows
+        ),
     )
 
 
@@ -96,7 +106,6 @@ def score_programs(
 ) -> list[Score]:
     """Scores the programs at `paths` with the real judge, one sandboxed worker for all."""
     from synthstats.judge.sandbox import SandboxedWorker
-    from synthstats.judge.score import Score
     from synthstats.judge.scoring import prepare
 
     scores = []
@@ -129,21 +138,7 @@ def write_scores(
             "path": list(program_path),
             "labels": space.labels(program_path),
             "digest": program_digest(space.completion(program_path)),
-            **{
-                key: getattr(score, key)
-                for key in (
-                    "ok",
-                    "error_kind",
-                    "message",
-                    "elpd_loo",
-                    "se",
-                    "p_loo",
-                    "mcse_elpd",
-                    "pareto_k_max",
-                    "divergences",
-                    "seconds",
-                )
-            },
+            **{key: getattr(score, key) for key in SCORE_FIELDS},
         }
         for program_path, score in zip(space.paths(), scores, strict=True)
     ]

@@ -3,7 +3,8 @@
 R comes from the shared reward transform (`log_reward_from_elpd`), with the reference ELPD
 and temperature the training run uses, so the target is exactly what the loop optimises.
 Shifting the reference moves every log R alike and leaves p* unchanged unless the clamp
-binds; log sum R, which the learned log Z must match, moves with it.
+binds; log sum R, which the learned log Z must match, moves with it. Slot runs take the
+space's best ELPD as reference (`space_reference_elpd`), so log R <= 0.
 
 A space's reward temperature is chosen so that neither a collapsed nor an untrained policy
 passes: the largest p* stays below 0.5 and TV(uniform, p*) is at least 0.3. Lower T
@@ -47,6 +48,12 @@ class TargetHardness:
             self.max_probability < MAX_TOP_PROBABILITY
             and self.tv_from_uniform >= MIN_TV_FROM_UNIFORM
         )
+
+
+def space_reference_elpd(scores: SpaceScores) -> float:
+    """The reference ELPD a slot run should use: the space's best, so every log R <= 0 and
+    the clamp's upper bound never flattens the top of p*."""
+    return float(np.nanmax(np.where(scores.ok, scores.elpd, np.nan)))
 
 
 def space_log_rewards(

@@ -1,0 +1,46 @@
+"""Exact metrics of a policy whose p_theta is enumerable (policy=slot) against its space's
+target, in one call: what a slot run logs each evaluation step and writes to its report."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from synthstats.config import RewardConfig
+from synthstats.eval.metrics import DEFAULT_FLOOR, DEFAULT_TOP_K, ExactMetrics, exact_metrics
+from synthstats.eval.spaces.grammar import ProgramSpace
+from synthstats.eval.spaces.scores import load_scores
+from synthstats.eval.spaces.target import space_log_rewards
+
+
+class EnumerablePolicy(Protocol):
+    def exact_log_probs(self, prompt_key: str | None = None) -> dict[str, float]: ...
+
+    def learned_log_z(self, prompt_key: str | None = None) -> float: ...
+
+
+def space_metrics(
+    policy: EnumerablePolicy,
+    space: ProgramSpace,
+    *,
+    reference_elpd: float,
+    temperature: float | None = None,
+    reward: RewardConfig | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    floor: float = DEFAULT_FLOOR,
+) -> ExactMetrics:
+    """p_theta against p* = R / sum R with the run's reference ELPD, temperature (the
+    space's own by default) and clamp; log Z error is measured against that log sum R."""
+    log_reward = space_log_rewards(
+        space,
+        load_scores(space),
+        reference_elpd=reference_elpd,
+        temperature=temperature,
+        reward=reward,
+    )
+    return exact_metrics(
+        log_reward,
+        policy.exact_log_probs(),
+        policy.learned_log_z(),
+        top_k=top_k,
+        floor=floor,
+    )
