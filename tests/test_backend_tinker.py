@@ -8,7 +8,9 @@ import json
 import logging
 import os
 
+import httpx
 import pytest
+import tinker
 import torch
 from fake_tinker import HANG, FakeServer, rate_limit_error
 
@@ -140,17 +142,17 @@ def test_gradients_and_loss_match_the_local_backend(make_backend):
     }
     local = perturbed_local(config_for("local", **frozen))
     server = FakeServer(copy.deepcopy(local.module.lm))
-    tinker = make_backend(config_for("tinker", **frozen), fake=server)
+    hosted = make_backend(config_for("tinker", **frozen), fake=server)
     with torch.no_grad():
         local.module.log_z.values.fill_(3.0)
-    tinker.log_z.load_state_dict(local.module.log_z.state_dict())
-    tinker.flow.load_state_dict(local.module.flow.state_dict())
+    hosted.log_z.load_state_dict(local.module.log_z.state_dict())
+    hosted.flow.load_state_dict(local.module.flow.state_dict())
     batch = two_trajectories(local)
-    assert tinker.render_prompt(MESSAGES) == local.render_prompt(MESSAGES)
+    assert hosted.render_prompt(MESSAGES) == local.render_prompt(MESSAGES)
     objective = build_objective(config_for("local").objective)
 
     local_metrics = local.train_step(batch, objective)
-    tinker_metrics = tinker.train_step(batch, objective)
+    hosted_metrics = hosted.train_step(batch, objective)
 
     (applied,) = server.applied_grads
     local_lora = {
@@ -159,13 +161,13 @@ def test_gradients_and_loss_match_the_local_backend(make_backend):
     assert set(applied) == set(local_lora)
     for name, grad in applied.items():
         assert_same_gradient(grad, local_lora[name], name)
-    assert_same_gradient(tinker.log_z.values.grad, local.module.log_z.values.grad, "log Z")
+    assert_same_gradient(hosted.log_z.values.grad, local.module.log_z.values.grad, "log Z")
     for (name, param), local_param in zip(
-        tinker.flow.named_parameters(), local.module.flow.parameters(), strict=True
+        hosted.flow.named_parameters(), local.module.flow.parameters(), strict=True
     ):
         assert_same_gradient(param.grad, local_param.grad, name)
     for key in ("loss", "log_z", "log_pf_mean", "tokens", "grad_norm_log_z", "grad_norm_flow"):
-        assert tinker_metrics[key] == pytest.approx(local_metrics[key], rel=1e-5), key
+        assert hosted_metrics[key] == pytest.approx(local_metrics[key], rel=1e-5), key
 
 
 def test_step_submits_the_optimizer_step_before_waiting_and_refreshes_the_sampler(
@@ -225,6 +227,18 @@ def test_rate_limits_are_retried_with_logging_and_the_batch_applied_once(
     assert sum("optimizer step failed (RateLimitError" in m for m in retries) == 1
     assert len(server.applied_grads) == 1
     assert FAKE_KEY not in caplog.text
+
+
+def test_a_bad_request_is_not_retried(make_backend, server):
+    backend = make_backend()
+    request = httpx.Request("POST", "https://tinker.invalid/api/v1/sample")
+    bad = tinker.BadRequestError(
+        "prompt too long", response=httpx.Response(400, request=request), body=None
+    )
+    server.failures["sample"] = [bad]
+    with pytest.raises(tinker.BadRequestError):
+        backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    assert server.events.count("submit sample") == 1
 
 
 def test_retries_are_bounded(make_backend, server):

@@ -14,7 +14,7 @@ network and their torch optimizer live here. One training step:
 Faults: every wait has policy.request_timeout_s; rate limits and transient errors are
 retried (tinker_retry). A failed forward-backward is the exception: the SDK then refuses
 every later request of that training client, so the step raises and the run must resume
-from its last checkpoint; nothing of the batch was applied.
+from its last checkpoint (the service applied nothing of the batch).
 
 Checkpoint layout written by `save`:
     tinker_checkpoint.json   base model, LoRA rank, step, tinker:// paths of the training
@@ -233,18 +233,20 @@ class TinkerBackend:
         optim = training.optim_step(self.adam)
         try:
             wait(backward, "forward-backward", self.retry.timeout_s)
+            metrics = self._step_local_parts()
+            response = wait_with_retries(
+                optim, lambda: training.optim_step(self.adam), "optimizer step", self.retry
+            )
         except Exception as error:
+            # After a failed forward-backward the SDK refuses this client's requests; after
+            # a lost optimizer step its gradients would add to the next batch's.
             self._broken = (
-                f"the Tinker forward-backward of step {self.steps + 1} failed ({error}); the "
-                "SDK accepts no further requests from this training client. Nothing of the "
-                "batch was applied: resume the run from its last checkpoint"
+                f"Tinker training step {self.steps + 1} failed ({error}); this training "
+                "client cannot go on: resume the run from its last checkpoint"
             )
             raise TinkerBackendError(self._broken) from error
-        metrics = self._step_local_parts()
-        response = wait_with_retries(
-            optim, lambda: training.optim_step(self.adam), "optimizer step", self.retry
-        )
         self.steps += 1
+        self._sampler = None  # a failed refresh leaves the next sample() to retry it
         self._sampler = self._refresh_sampler()
         metrics.update(recorded)
         for key, value in (response.metrics or {}).items():
