@@ -403,23 +403,28 @@ def test_reference_think_log_prob_scores_the_think_span_under_the_base_model(mak
     not os.environ.get("TINKER_API_KEY"), reason="live Tinker smoke test: set TINKER_API_KEY"
 )
 def test_live_tinker_samples_and_takes_one_step(tmp_path):
-    """Costs a few cents: model check, one sample, one training step, one checkpoint."""
-    config = config_for("tinker")
+    """Costs a few cents: model check, two samples, one training step, one checkpoint.
+
+    Also checks what the backend assumes of the service: a completion that stopped carries
+    its stop token, so log P_F includes the decision to stop.
+    """
+    config = config_for("tinker", policy__max_new_tokens=64, policy__retry_backoff_s=2.0)
     config.policy.model_name = os.environ.get("SYNTHSTATS_TINKER_MODEL", "Qwen/Qwen3-8B")
-    config.policy.max_new_tokens = 16
+    config.policy.tokenizer = os.environ.get("SYNTHSTATS_TINKER_TOKENIZER", "")
     backend = build_backend(config)
-    prompt = backend.render_prompt(MESSAGES)
-    (rollout,) = backend.sample("dugongs", prompt, [1.0])
-    assert rollout.completion_ids
+    prompt = backend.render_prompt([{"role": "user", "content": "Reply with the word yes."}])
+    rollouts = backend.sample("dugongs", prompt, [1.0, 1.0])
+    assert any(not rollout.truncated for rollout in rollouts), rollouts
     batch = TrainBatch(
-        prompt_keys=["dugongs"],
-        prompt_ids=[prompt],
-        completion_ids=[list(rollout.completion_ids)],
-        log_reward=torch.tensor([0.0]),
+        prompt_keys=["dugongs"] * 2,
+        prompt_ids=[prompt] * 2,
+        completion_ids=[list(rollout.completion_ids) for rollout in rollouts],
+        log_reward=torch.tensor([0.0, -1.0]),
     )
     metrics = backend.train_step(batch, build_objective(config.objective))
-    assert metrics["tokens"] == len(rollout.completion_ids)
+    assert metrics["tokens"] == sum(len(rollout.completion_ids) for rollout in rollouts)
+    assert metrics["log_pf_mean"] < 0
     backend.save(tmp_path)
-    assert json.loads((tmp_path / CHECKPOINT_FILE).read_text())["state_path"].startswith(
-        "tinker://"
-    )
+    saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
+    assert saved["state_path"].startswith("tinker://")
+    assert saved["sampler_path"].startswith("tinker://")
