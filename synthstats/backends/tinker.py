@@ -174,11 +174,9 @@ class TinkerBackend:
             for temperature, rows in rows_by_temperature.items()
         ]
 
-        def submit_all() -> list[Any]:
-            return [sampler.sample(prompt, len(rows), params) for rows, params in requests]
-
         def attempt() -> list[Any]:
-            return [wait(future, "sampling", self.retry.timeout_s) for future in submit_all()]
+            futures = [sampler.sample(prompt, len(rows), params) for rows, params in requests]
+            return [wait(future, "sampling", self.retry.timeout_s) for future in futures]
 
         responses = with_retries(attempt, "sampling", self.retry)
         completions: list[list[int]] = [[] for _ in temperatures]
