@@ -65,5 +65,5 @@ SPACE = ProgramSpace(
     observed="pairs",
     template=TEMPLATE,
     slots=(DEGREE, COEFFICIENT_PRIOR, LIKELIHOOD),
-    reward_temperature=1.0,
+    reward_temperature=3.0,
 )
