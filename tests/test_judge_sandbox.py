@@ -23,6 +23,7 @@ from synthstats.judge import sandbox
 from synthstats.judge.sandbox import SandboxedWorker, bwrap_works
 from synthstats.judge.score import Score
 from synthstats.judge.scoring import prepare
+from synthstats.judge.unsandboxed import score_trusted
 
 SECRET = "sk-synthstats-canary-5f3a9d"
 SECRET_VARIABLES = ("OPENAI_API_KEY", "WANDB_API_KEY", "TINKER_API_KEY", "HF_TOKEN")
@@ -77,11 +78,19 @@ def host_secret_file(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def worker():
+def seed(tmp_path_factory) -> Path:
+    """A compile dir warmed with GOOD: the timeout can stay short on a loaded machine."""
+    path = tmp_path_factory.mktemp("seed") / "pytensor"
+    score_trusted([(ENV, GOOD)], CFG, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker(seed):
     with pytest.MonkeyPatch.context() as patch:
         for name in SECRET_VARIABLES:
             patch.setenv(name, SECRET)
-        judge = SandboxedWorker(CFG)
+        judge = SandboxedWorker(CFG, compile_seed=seed)
         judge.start()
         yield judge
         judge.close()
@@ -215,12 +224,12 @@ def test_containment_behind_the_gate(worker, good_score, canaries, host_secret_f
 
 
 def test_scores_are_identical_without_bwrap_and_keep_the_environment_scrubbed(
-    good_score, monkeypatch
+    good_score, seed, monkeypatch
 ):
     monkeypatch.setattr(sandbox, "_warned_uncontained", False)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     with pytest.warns(RuntimeWarning, match="without bubblewrap"):
-        uncontained = SandboxedWorker(JudgeConfig(**{**vars(CFG), "sandbox": "none"}))
+        uncontained = SandboxedWorker(JudgeConfig(**{**vars(CFG), "sandbox": "none"}), seed)
         uncontained.start()
     with uncontained:
         leak = uncontained.score(ESCAPE + "raise ValueError(str(dict(g['environ'])))\n", ENV)

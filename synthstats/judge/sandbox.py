@@ -64,6 +64,7 @@ class SandboxedWorker:
         self._buffer = bytearray()
         # The uid programs run as, when the parent is root and bubblewrap contains them.
         self.uid: int | None = None
+        self._killed = False
 
     def score(self, source: str, env: Env) -> Score:
         """Scores a program that has passed the gate."""
@@ -104,6 +105,8 @@ class SandboxedWorker:
     def start(self) -> None:
         """Starts the worker and waits until it has imported PyMC and warmed up."""
         self.close()
+        if self._killed:
+            raise JudgeUnavailable("this judge worker was killed for good")
         containment = containment_for(self._cfg.sandbox)
         uid = _sandbox_uid() if containment == "bwrap" and os.geteuid() == 0 else None
         self.uid = uid
@@ -133,6 +136,8 @@ class SandboxedWorker:
                 cwd=work_dir,
                 start_new_session=True,
             )
+        if self._killed:  # kill() ran while the process was starting
+            _kill_session(self._process.pid)
         self._buffer.clear()
         try:
             hello = self._receive(time.perf_counter() + STARTUP_TIMEOUT_S)
@@ -142,6 +147,14 @@ class SandboxedWorker:
         if not hello.get("ready"):
             self.close()
             raise JudgeUnavailable(f"judge worker said {hello!r} instead of ready")
+
+    def kill(self) -> None:
+        """Kills the worker's processes now, from any thread, for good: a program it is
+        scoring ends as `crashed` and no new worker process starts. close() still cleans."""
+        self._killed = True
+        process = self._process
+        if process is not None:
+            _kill_session(process.pid)
 
     def close(self) -> None:
         """Kills the worker and everything it started, and removes its work dir."""
