@@ -197,19 +197,22 @@ def _describe(error: BaseException) -> str:
     return message if len(message) <= _MESSAGE_CHARS else message[: _MESSAGE_CHARS - 3] + "..."
 
 
+# A tiny trusted model that exercises the whole scoring path.
+WARM_UP_PROGRAM = (
+    "import pymc as pm\n"
+    "with pm.Model() as model:\n"
+    "    mu = pm.Normal('mu', 0, 1)\n"
+    "    pm.Normal('y', mu, 1, observed=data['y'])\n"
+)
+WARM_UP_DATA = {"y": np.linspace(-1.0, 1.0, 5)}
+
+
 def warm_up() -> float:
-    """Scores a tiny trusted model in this process, so children forked later start with
-    PyMC's internals loaded and the common ops compiled. Returns the seconds it took."""
+    """Scores WARM_UP_PROGRAM in this process, so children forked later start with PyMC's
+    internals loaded and the common ops compiled. Returns the seconds it took."""
     start = time.perf_counter()
-    source = (
-        "import pymc as pm\n"
-        "with pm.Model() as model:\n"
-        "    mu = pm.Normal('mu', 0, 1)\n"
-        "    pm.Normal('y', mu, 1, observed=data['y'])\n"
-    )
-    data = {"y": np.linspace(-1.0, 1.0, 5)}
     budget = Budget(draws=20, tune=20, chains=2, target_accept=0.9, seed=0)
-    result = score_source(source, data, ("y",), budget)
+    result = score_source(WARM_UP_PROGRAM, WARM_UP_DATA, ("y",), budget)
     if not result["ok"]:
         raise RuntimeError(f"judge warm-up failed: {result['message']}")
     return time.perf_counter() - start
