@@ -14,6 +14,9 @@ import click
 
 from synthstats.config import GROUPS, ConfigError, group_options, resolve, to_yaml
 
+# The shell's convention for a process ended by SIGTERM: the run stopped early, resumable.
+_EXIT_TERMINATED = 143
+
 _TRAIN_EPILOG = """\b
 Arguments are GROUP=OPTION selections and dotted KEY=VALUE overrides:
   synthstats-train env=peregrines policy=hf_qwen3_0_6b runner=local
@@ -60,18 +63,16 @@ def train(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, no
     if dry_run:
         click.echo(to_yaml(config), nl=False)
         return
-    module = importlib.util.find_spec("synthstats.train.run")
-    if module is None:
-        click.echo(
-            f"synthstats-train: training with runner={config.runner.name} "
-            f"policy={config.policy.kind} is not built yet (the training loop is issue #7). "
-            "Use --dry-run to check a config.",
-            err=True,
-        )
-        sys.exit(2)
-    from synthstats.train.run import run
+    from synthstats.sft import DemonstrationError
+    from synthstats.train.run import RunError, run
 
-    run(config, show_progress=not no_progress)
+    try:
+        summary = run(config, show_progress=not no_progress)
+    except (RunError, DemonstrationError, NotImplementedError) as error:
+        click.echo(f"synthstats-train: {error}", err=True)
+        sys.exit(2)
+    if not summary.finished:
+        sys.exit(_EXIT_TERMINATED)
 
 
 class _LazyGroup(click.Group):

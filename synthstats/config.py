@@ -194,7 +194,10 @@ class SftWarmstartConfig:
     # Clamp of log-rewards derived from demonstrations.
     log_clamp: list[float] = field(default_factory=lambda: [-700.0, 700.0])
     show_progress: bool = True
+    # Drop repeated programs before scoring (the replay buffer keeps one item per program).
     dedupe: bool = True
+    # Skip (and count in the log) invalid lines instead of stopping with an error.
+    skip_invalid: bool = False
     # ELPD used for a line without one when compute_rewards is false.
     default_elpd: float | None = None
 
@@ -351,6 +354,9 @@ def resolve(arguments: list[str], config_file: str | None = None) -> Config:
             raise ConfigError(f"configs/config.yaml: unknown group {group!r} in defaults")
         tree[group] = load_group(group, option)
     tree["judge"].setdefault("name", selections.get("judge", "default"))
+    resume = next((layer["resume"] for layer in reversed(layers) if layer.get("resume")), None)
+    if resume is not None:
+        layers.insert(1, _saved_run_config(Path(str(resume))))
     for layer in layers:
         tree = _merge(tree, layer)
     config = build(Config, tree, "")
@@ -358,6 +364,14 @@ def resolve(arguments: list[str], config_file: str | None = None) -> Config:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         config.output_dir = str(Path("runs") / f"{config.env.name}-{stamp}")
     return config
+
+
+def _saved_run_config(run_dir: Path) -> dict[str, Any]:
+    """A resumed run starts from the config it was started with; the command line still wins."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; is it a run directory?")
+    return _read_yaml(saved)
 
 
 def _type_name(annotation: Any) -> str:

@@ -1,0 +1,77 @@
+"""Atomic checkpoints: written to a temporary folder and renamed into place.
+
+A kill at any moment leaves the previous checkpoint whole. Layout of a run directory:
+
+    RUN_DIR/config.yaml              the resolved config
+    RUN_DIR/metrics.jsonl            one line per step
+    RUN_DIR/checkpoints/step-000010/ policy/ (backend.save) + loop_state.pt + config.yaml
+    RUN_DIR/checkpoints/latest       name of the newest complete checkpoint
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+KEEP_CHECKPOINTS = 2
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    save_policy: Callable[[Path], None],
+    loop_state: dict[str, Any],
+    config_yaml: str,
+) -> Path:
+    """Write checkpoint `step` and point `latest` at it, never leaving a half-written one."""
+    root = checkpoints_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    staging = root / f".tmp-{name}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    save_policy(staging / "policy")
+    torch.save(loop_state, staging / "loop_state.pt")
+    (staging / "config.yaml").write_text(config_yaml)
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(staging, final)
+    _write_atomically(root / "latest", name)
+    _prune(root, keep=KEEP_CHECKPOINTS)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = checkpoints_dir(run_dir) / "latest"
+    if not pointer.exists():
+        return None
+    path = checkpoints_dir(run_dir) / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def load_loop_state(checkpoint: Path) -> dict[str, Any]:
+    # The state holds numpy RNG state and plain containers written by this program.
+    return torch.load(checkpoint / "loop_state.pt", weights_only=False)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(path.name + ".tmp")
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
+def _prune(root: Path, keep: int) -> None:
+    complete = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    for old in complete[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,331 @@
+"""The backend-agnostic GFlowNet loop: collect, score, replay, learn, log, checkpoint.
+
+Scoring overlaps learning: batch k+1 is sampled (from the policy before update k) and
+handed to the judge pool before the learner runs step k, so the judge works while the
+policy learns. Every checkpoint therefore holds the next batch, already scored: a resumed
+run continues with exactly the batch the uninterrupted run would have used, and the two
+end bit-identical on a CPU with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from synthstats.backends.base import PolicyBackend, Rollout, TrainBatch
+from synthstats.config import Config
+from synthstats.envs.base import Env
+from synthstats.judge.extract import extract_program
+from synthstats.judge.score import Score
+from synthstats.objectives import Objective, latent_think_log_reward, temperature_at
+from synthstats.objectives.reward import tempered_log_reward
+from synthstats.replay import ReplayBuffer, ReplayItem, program_hash
+from synthstats.train.checkpoint import save_checkpoint
+from synthstats.train.metrics import MetricsLogger
+
+log = logging.getLogger("synthstats.train")
+
+
+class Judge(Protocol):
+    def score_async(self, env: Env, programs: Sequence[str]) -> Future[list[Score]]: ...
+
+
+@dataclass
+class ScoredBatch:
+    """Sampled rollouts and their scores: what the learner consumes for one step."""
+
+    rollouts: list[Rollout]
+    scores: list[Score]
+    sample_seconds: float
+    judge_seconds: float
+
+
+@dataclass
+class PendingBatch:
+    rollouts: list[Rollout]
+    future: Future[list[Score]]
+    sample_seconds: float
+
+    def result(self) -> ScoredBatch:
+        scores = self.future.result()
+        return ScoredBatch(
+            self.rollouts, scores, self.sample_seconds, sum(s.seconds for s in scores)
+        )
+
+
+@dataclass
+class LoopState:
+    """Everything the loop itself must carry across a checkpoint."""
+
+    step: int
+    replay: ReplayBuffer
+    rng: np.random.Generator
+    next_batch: ScoredBatch | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        batch = self.next_batch
+        return {
+            "step": self.step,
+            "replay": self.replay.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "next_batch": None
+            if batch is None
+            else {
+                "rollouts": batch.rollouts,
+                "scores": [score.to_dict() for score in batch.scores],
+                "sample_seconds": batch.sample_seconds,
+                "judge_seconds": batch.judge_seconds,
+            },
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], capacity: int) -> LoopState:
+        replay = ReplayBuffer(capacity)
+        replay.load_state_dict(state["replay"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        saved = state["next_batch"]
+        batch = None
+        if saved is not None:
+            batch = ScoredBatch(
+                saved["rollouts"],
+                [Score.from_dict(fields) for fields in saved["scores"]],
+                saved["sample_seconds"],
+                saved["judge_seconds"],
+            )
+        return cls(step=state["step"], replay=replay, rng=rng, next_batch=batch)
+
+
+class _StopRequest:
+    """SIGTERM asks the loop to checkpoint after the current step, then stop."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopRequest:
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: finishing this step, writing a checkpoint, then stopping")
+        self.requested = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+class Trainer:
+    """Wires env, backend, judge, replay and objective; knows none of their insides."""
+
+    def __init__(
+        self,
+        config: Config,
+        env: Env,
+        backend: PolicyBackend,
+        judge: Judge,
+        objective: Objective,
+        metrics: MetricsLogger,
+        run_dir: Path,
+        config_yaml: str,
+    ):
+        if env.reference_elpd is None:
+            raise ValueError(f"env {env.name!r} has no recorded reference ELPD")
+        self.config = config
+        self.env = env
+        self.backend = backend
+        self.judge = judge
+        self.objective = objective
+        self.metrics = metrics
+        self.run_dir = run_dir
+        self.config_yaml = config_yaml
+        self.prompt_key = env.name
+        self.prompt_ids = backend.render_prompt(env.render_prompt())
+
+    def new_state(self, initial_replay: Sequence[ReplayItem] = ()) -> LoopState:
+        state = LoopState(
+            step=0,
+            replay=ReplayBuffer(self.config.runner.train.replay_capacity),
+            rng=np.random.default_rng(self.config.seed),
+        )
+        state.replay.add(initial_replay, self._item_log_reward(0))
+        return state
+
+    def run(self, state: LoopState, progress: Callable[[int], None] | None = None) -> LoopState:
+        """Train from state.step to the configured number of steps (or until SIGTERM)."""
+        train = self.config.runner.train
+        pending = self._submit_next(state) if state.next_batch is None else None
+        with _StopRequest() as stop:
+            while state.step < train.steps:
+                waited_from = time.perf_counter()
+                current = state.next_batch if pending is None else pending.result()
+                wait_seconds = time.perf_counter() - waited_from
+                pending = self._submit_next(state)
+                metrics = self._learn(state, current)
+                metrics["wait_seconds"] = wait_seconds
+                state.step += 1
+                state.next_batch = None
+                self.metrics.log(metrics)
+                if progress is not None:
+                    progress(1)
+                final = state.step == train.steps
+                if final or stop.requested or state.step % train.checkpoint_every == 0:
+                    state.next_batch = pending.result()
+                    pending = None
+                    self.checkpoint(state)
+                if stop.requested:
+                    break
+        return state
+
+    def checkpoint(self, state: LoopState) -> Path:
+        path = save_checkpoint(
+            self.run_dir,
+            state.step,
+            save_policy=self.backend.save,
+            loop_state=state.state_dict(),
+            config_yaml=self.config_yaml,
+        )
+        log.info("checkpoint written: %s", path)
+        return path
+
+    def _submit_next(self, state: LoopState) -> PendingBatch:
+        """Sample the next fresh batch and hand it to the judge without waiting."""
+        train = self.config.runner.train
+        replayed = self._replay_count(state)
+        temperatures = self._sampling_temperatures(state.rng, train.batch_size - replayed)
+        started = time.perf_counter()
+        rollouts = self.backend.sample(self.prompt_key, self.prompt_ids, temperatures)
+        sample_seconds = time.perf_counter() - started
+        texts = [rollout.text for rollout in rollouts if not rollout.truncated]
+        scored = self.judge.score_async(self.env, texts)
+        return PendingBatch(rollouts, _with_truncations(rollouts, scored), sample_seconds)
+
+    def _replay_count(self, state: LoopState) -> int:
+        train = self.config.runner.train
+        wanted = round(train.batch_size * train.replay_fraction)
+        return min(wanted, len(state.replay), train.batch_size - 1)
+
+    def _sampling_temperatures(self, rng: np.random.Generator, count: int) -> list[float]:
+        exploration = self.config.runner.train.exploration
+        tempered = rng.random(count) < exploration.tempered_share
+        drawn = rng.uniform(exploration.temperature_min, exploration.temperature_max, count)
+        return [float(t) if use else 1.0 for use, t in zip(tempered, drawn, strict=True)]
+
+    def _learn(self, state: LoopState, batch: ScoredBatch) -> dict[str, Any]:
+        train = self.config.runner.train
+        fresh = [
+            self._fresh_item(rollout, score, state.step)
+            for rollout, score in zip(batch.rollouts, batch.scores, strict=True)
+        ]
+        log_reward = self._item_log_reward(state.step)
+        replayed = state.replay.sample(
+            min(train.batch_size - len(fresh), len(state.replay)),
+            mode=train.replay_sampling,
+            log_reward=log_reward,
+            generator=state.rng,
+            alpha=train.replay_alpha,
+        )
+        state.replay.add(fresh, log_reward)
+        items = fresh + replayed
+        rewards = self._log_rewards(items, state.step)
+        started = time.perf_counter()
+        result = self.backend.train_step(
+            TrainBatch(
+                prompt_keys=[item.prompt_key for item in items],
+                prompt_ids=[self.prompt_ids for _ in items],
+                completion_ids=[item.completion_ids for item in items],
+                log_reward=rewards,
+            ),
+            self.objective,
+        )
+        learner_seconds = time.perf_counter() - started
+        fresh_rewards = rewards[: len(fresh)]
+        valid = [item.elpd for item in fresh if item.ok]
+        tokens = sum(len(rollout.completion_ids) for rollout in batch.rollouts)
+        return {
+            "step": state.step,
+            **result,
+            "temperature": temperature_at(state.step, self.config.objective.reward),
+            "reward_mean": float(fresh_rewards.mean()),
+            "reward_max": float(fresh_rewards.max()),
+            "batch_reward_max": float(rewards.max()),
+            "valid_rate": len(valid) / len(fresh),
+            "elpd_max": max(valid) if valid else None,
+            "unique_programs": len({item.program_hash for item in fresh}),
+            "replayed": len(replayed),
+            "replay_size": len(state.replay),
+            "judge_seconds": batch.judge_seconds,
+            "learner_seconds": learner_seconds,
+            "sample_seconds": batch.sample_seconds,
+            "tokens_per_second": tokens / batch.sample_seconds if batch.sample_seconds else None,
+        }
+
+    def _fresh_item(self, rollout: Rollout, score: Score, step: int) -> ReplayItem:
+        program = extract_program(rollout.text)
+        return ReplayItem(
+            prompt_key=rollout.prompt_key,
+            completion_ids=tuple(rollout.completion_ids),
+            program_hash=program_hash(program if program is not None else rollout.text),
+            elpd=score.elpd_loo if score.ok else None,
+            ok=score.ok,
+            error_kind=score.error_kind,
+            step_added=step,
+            source="fresh",
+        )
+
+    def _log_rewards(self, items: Sequence[ReplayItem], step: int) -> torch.Tensor:
+        rewards = self._program_log_rewards(items, step)
+        if self.config.policy.thinking == "latent":
+            think = self.backend.reference_think_log_prob(
+                [self.prompt_ids for _ in items], [item.completion_ids for item in items]
+            )
+            rewards = latent_think_log_reward(rewards, think.to(rewards.dtype))
+        return rewards
+
+    def _program_log_rewards(self, items: Sequence[ReplayItem], step: int) -> torch.Tensor:
+        rewards = tempered_log_reward(
+            [item.elpd if item.ok else math.nan for item in items],
+            [item.ok for item in items],
+            reference_elpd=self.env.reference_elpd,
+            step=step,
+            cfg=self.config.objective.reward,
+        )
+        low, high = self.config.sft_warmstart.log_clamp
+        from_demonstration = torch.tensor([item.source == "sft" for item in items])
+        return torch.where(from_demonstration, rewards.clamp(low, high), rewards)
+
+    def _item_log_reward(self, step: int) -> Callable[[ReplayItem], float]:
+        """The program's log R at this step's temperature, for replay priority and eviction."""
+        return lambda item: float(self._program_log_rewards([item], step)[0])
+
+
+def _with_truncations(rollouts: Sequence[Rollout], scored: Future[list[Score]]) -> Future:
+    """Scores for every rollout: a completion cut at the token limit fails as no_program."""
+    combined: Future[list[Score]] = Future()
+
+    def merge(done: Future[list[Score]]) -> None:
+        error = done.exception()
+        if error is not None:
+            combined.set_exception(error)
+            return
+        judged = iter(done.result())
+        truncated = Score.failure("no_program", "completion cut at policy.max_new_tokens")
+        combined.set_result(
+            [truncated if rollout.truncated else next(judged) for rollout in rollouts]
+        )
+
+    scored.add_done_callback(merge)
+    return combined
