@@ -53,6 +53,8 @@ def test_extract_finds_no_program(completion):
 
 def test_gate_passes_a_plain_model():
     assert check_program(PROGRAM) is None
+    custom = "class Scale:\n    def __init__(self, value):\n        self.value = value\n"
+    assert check_program(custom) is None
     assert check_program("from scipy import stats\nimport pytensor.tensor as pt\n") is None
     assert check_program("name = 'beta_{}'.format(3)\nlabel = f'x{name}'\n") is None
 
@@ -89,6 +91,12 @@ def test_gate_reports_syntax_errors_with_the_line():
         "import numpy as np\nnp.lib.format.open_memmap('x')",
         "breakpoint()",
         "vars()",
+        "import pymc as pm\npm.sampling.mcmc.init_nuts = print",  # forging the judge's sampler
+        "import pymc as pm\nM = pm.Model\nM.compile_logp = print",
+        "import pymc as pm\ndel pm.sample",
+        "import pytensor.tensor as pt\nclass X(pt.elemwise.Elemwise):\n"
+        "    def c_code(self, *args):\n        return 'system(\"id\");'\n",
+        "X = type('X', (object,), {'c_support_code': print})",
     ],
 )
 def test_gate_forbids(source):

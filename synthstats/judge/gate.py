@@ -1,14 +1,17 @@
 """The static gate: refuse, before anything runs, programs that reach beyond model building.
 
 An allowlist of imports, no private or dunder attributes, no builtins that open files or
-reach objects by computed names, and no attribute names that lead from an allowed module to
+reach objects by computed names, no attribute names that lead from an allowed module to
 the OS (`pytensor.configdefaults.os.environ`), to files (`numpy.save`) or to the C compiler
-(`pytensor.config.cxx`). What the gate cannot see, the sandbox contains.
+(`pytensor.config.cxx`, an Op's `c_code`), and no attribute assignment outside `self.x`
+(a program that patched `pm.sampling.mcmc.init_nuts` would forge its own score). What the
+gate cannot see, the sandbox contains.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 import string
 
 from synthstats.judge.score import ErrorKind
@@ -74,6 +77,12 @@ FORBIDDEN_ATTRIBUTES = frozenset(
     }
 )
 
+# PyTensor's hooks for C code: an Op that defines them gets its C compiled and run.
+_C_HOOK = re.compile(
+    r"^c_(code|support_code|header|lib|compile_args|no_compile_args|init_code|cleanup"
+    r"|declare|extract|sync|element_type|literal|is_simple)"
+)
+
 GateVerdict = tuple[ErrorKind, str]
 
 
@@ -115,6 +124,13 @@ def _problem(node: ast.AST) -> str | None:
             return f"attribute {node.attr!r} is not allowed"
         if node.attr == "format" and not _safe_format_template(node.value):
             return "str.format with a computed template or attribute/index fields"
+        if not isinstance(node.ctx, ast.Load) and not _on_self(node):
+            return "setting attributes other than self.x could alter the judge's own modules"
+    elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _C_HOOK.match(node.name):
+        return f"defining {node.name!r} would compile C code"
+    elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        if _C_HOOK.match(node.value):
+            return f"the string {node.value!r} names a C-code hook"
     elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_NAMES or node.id.startswith("__")):
         return f"name {node.id!r} is not allowed"
     elif isinstance(node, ast.MatchClass):
@@ -122,6 +138,11 @@ def _problem(node: ast.AST) -> str | None:
             if not _attribute_allowed(attribute):
                 return f"pattern attribute {attribute!r} is not allowed"
     return None
+
+
+def _on_self(node: ast.Attribute) -> bool:
+    """self.x = ... inside a class the program defines, and nothing deeper."""
+    return isinstance(node.value, ast.Name) and node.value.id == "self"
 
 
 def _attribute_allowed(name: str) -> bool:
