@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
-from synthstats.envs.base import Env
 from synthstats.eval.spaces.grammar import ProgramSpace
 from synthstats.eval.spaces.scores import load_scores
 from synthstats.judge.score import Score
+
+if TYPE_CHECKING:
+    from synthstats.envs.base import Env
 
 
 class ShippedScoresJudge:
