@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -388,6 +389,7 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 _YAML_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
 
 
@@ -423,6 +425,9 @@ def _coerce(annotation: Any, value: Any, key: str) -> Any:
                 _coerce(item, element, f"{key}[{index}]") for index, element in enumerate(value)
             ]
     elif annotation is float:
+        if isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+            # YAML 1.1 reads 1e-3 (no dot) as a string; a float field means a number.
+            return float(value)
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     elif annotation is int:

@@ -173,6 +173,13 @@ def test_bool_is_not_an_int_and_list_items_are_checked():
         resolve(["sft_warmstart.log_clamp=[-1,high]"])
 
 
+def test_scientific_notation_reads_as_a_float():
+    assert resolve(["runner.train.learning_rate=1e-3"]).runner.train.learning_rate == 0.001
+    assert resolve(["objective.log_z_lr=5E+1"]).objective.log_z_lr == 50.0
+    with pytest.raises(ConfigError, match="expected int"):
+        resolve(["runner.train.steps=1e3"])
+
+
 def test_choice_fields_name_the_choices():
     with pytest.raises(ConfigError, match="objective.loss: expected 'subtb' \\| 'tb' \\| 'db'"):
         resolve(["objective.loss=ppo"])
