@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from synthstats.backends.base import PolicyBackend, Rollout, TrainBatch
 from synthstats.config import Config, ConfigError
 
+if TYPE_CHECKING:
+    from synthstats.train.distributed import Distributed
+
 __all__ = ["PolicyBackend", "Rollout", "TrainBatch", "build_backend"]
 
 
-def build_backend(config: Config, prompt_keys: Sequence[str] | None = None) -> PolicyBackend:
+def build_backend(
+    config: Config,
+    prompt_keys: Sequence[str] | None = None,
+    *,
+    distributed: Distributed | None = None,
+) -> PolicyBackend:
     """The backend that config.policy names; the log Z table gets one row per prompt key.
 
-    prompt_keys defaults to the env name (one prompt per env).
+    prompt_keys defaults to the env name (one prompt per env). `distributed` is the process
+    setup the local backend trains under (default: the one `accelerate launch` describes).
     """
     keys = list(prompt_keys) if prompt_keys is not None else [config.env.name]
     kind = config.policy.kind
@@ -60,4 +70,5 @@ def build_backend(config: Config, prompt_keys: Sequence[str] | None = None) -> P
         objective=config.objective,
         prompt_keys=keys,
         seed=config.seed,
+        distributed=distributed,
     )

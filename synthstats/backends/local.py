@@ -8,9 +8,17 @@ a part the config does not use (no flow estimator for TB, no table for VarGrad) 
 group, never an empty one. Gradients are clipped per group, so the large early log Z
 residual does not shrink the policy's step.
 
-Checkpoint layout written by `save`:
+Bare or under `accelerate launch` (DDP, DeepSpeed ZeRO-2/3) alike: everything distributed
+goes through `synthstats.train.distributed.Distributed`. Each rank samples with its own
+generator (seed + rank). Under DeepSpeed, DeepSpeed clips all groups together
+(runner.train.max_grad_norm) inside its step, and the optimizer state stays sharded.
+
+Checkpoint layout written by `save` (the main rank writes; under DeepSpeed every rank
+writes its own optimizer shard):
     adapter/           PEFT save_pretrained (loads with PeftModel.from_pretrained)
-    policy_state.pt    log Z table, flow estimator, optimizer, sampling RNG
+    policy_state.pt    log Z table, flow estimator, optimizer (not under DeepSpeed),
+                       sampling RNG of every rank
+    deepspeed/         DeepSpeed only: sharded optimizer state and trainable weights
 """
 
 from __future__ import annotations
@@ -38,9 +46,11 @@ from synthstats.objectives import (
     think_span_mask,
     vargrad_log_z,
 )
+from synthstats.train.distributed import Distributed
 
 ADAPTER_DIR = "adapter"
 STATE_FILE = "policy_state.pt"
+DEEPSPEED_DIR = "deepspeed"
 THINK_END = "</think>"
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -66,8 +76,10 @@ class LocalBackend:
         prompt_keys: Sequence[str],
         seed: int = 0,
         device: torch.device | None = None,
+        distributed: Distributed | None = None,
     ) -> None:
-        self.device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.distributed = distributed or Distributed.from_environment()
+        self.device = device or self.distributed.device
         self.policy = policy
         self.max_grad_norm = train.max_grad_norm
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
@@ -95,8 +107,14 @@ class LocalBackend:
             groups.append(
                 {"name": "flow", "params": list(flow.parameters()), "lr": train.flow_learning_rate}
             )
-        self.optimizer = torch.optim.Adam(groups)
-        self.generator = torch.Generator(self.device).manual_seed(seed)
+        self.wrapped, self.optimizer = self.distributed.setup(
+            self.module,
+            torch.optim.Adam(groups),
+            micro_batch_size=self.distributed.share(train.batch_size),
+            max_grad_norm=train.max_grad_norm,
+        )
+        # Each rank draws its own samples; rank 0 of any launch draws what a bare run draws.
+        self.generator = torch.Generator(self.device).manual_seed(seed + self.distributed.rank)
         self.stop_ids = _stop_ids(self.tokenizer, base.generation_config.eos_token_id)
         self.think_end_id = self.tokenizer.convert_tokens_to_ids(THINK_END)
 
@@ -117,15 +135,16 @@ class LocalBackend:
         self, prompt_key: str, prompt_ids: Sequence[int], temperatures: Sequence[float]
     ) -> list[Rollout]:
         self.module.eval()
-        drawn = sample_completions(
-            self.module.lm,
-            prompt_ids,
-            torch.tensor(list(temperatures), dtype=torch.float32, device=self.device),
-            max_new_tokens=self.policy.max_new_tokens,
-            stop_ids=self.stop_ids,
-            vocab_size=self.vocab_size,
-            generator=self.generator,
-        )
+        with self.distributed.generation_weights(self.wrapped):
+            drawn = sample_completions(
+                self.module.lm,
+                prompt_ids,
+                torch.tensor(list(temperatures), dtype=torch.float32, device=self.device),
+                max_new_tokens=self.policy.max_new_tokens,
+                stop_ids=self.stop_ids,
+                vocab_size=self.vocab_size,
+                generator=self.generator,
+            )
         return [
             Rollout(
                 prompt_key=prompt_key,
@@ -151,7 +170,7 @@ class LocalBackend:
                 "this objective needs a flow estimator, but the backend was built for "
                 "objective.loss=tb; build it from the same objective config"
             )
-        self.module.train()
+        self.wrapped.train()
         inputs = pack_trajectories(
             batch.prompt_keys,
             batch.prompt_ids,
@@ -159,7 +178,7 @@ class LocalBackend:
             pad_id=self.tokenizer.pad_token_id,
             device=self.device,
         )
-        scores = self.module(inputs)
+        scores = self.wrapped(inputs)
         log_reward = batch.log_reward.to(self.device, torch.float32)
         log_z = scores.log_z
         if log_z is None:
@@ -170,13 +189,8 @@ class LocalBackend:
             scores.log_pf, scores.mask, scores.log_flow, log_reward=log_reward, log_z=log_z
         )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics = {
-            f"grad_norm_{group['name']}": float(
-                torch.nn.utils.clip_grad_norm_(group["params"], self.max_grad_norm)
-            )
-            for group in self.optimizer.param_groups
-        }
+        self.distributed.backward(loss)
+        metrics = self.distributed.clip_gradients(self.optimizer, self.max_grad_norm)
         self.optimizer.step()
         log_pf_total = torch.where(scores.mask, scores.log_pf, 0.0).sum(-1)
         metrics.update(
@@ -204,19 +218,55 @@ class LocalBackend:
         return think_log_prob(scores.log_pf, span).cpu()
 
     def save(self, directory: Path) -> None:
+        """Collective with several processes: every rank calls it, the main rank writes."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.module.lm.save_pretrained(directory / ADAPTER_DIR)
-        state = {
-            "log_z": _state_or_none(self.module.log_z),
-            "flow": _state_or_none(self.module.flow),
-            "optimizer": self.optimizer.state_dict(),
-            "sampling_rng": self.generator.get_state(),
-        }
-        torch.save(state, directory / STATE_FILE)
+        if self.distributed.is_main:
+            directory.mkdir(parents=True, exist_ok=True)
+        # Under ZeRO-3 each rank holds a slice: gather only the trainable weights.
+        lora = self.module.lm.named_parameters()
+        adapter = self.distributed.full_state((n, p) for n, p in lora if p.requires_grad)
+        log_z = self._full_state_or_none(self.module.log_z)
+        flow = self._full_state_or_none(self.module.flow)
+        sampling_rngs = self.distributed.gather_to_main(self.generator.get_state())
+        sharded = self.distributed.zero_stage is not None
+        if sharded:
+            self.distributed.save_sharded(self.wrapped, directory / DEEPSPEED_DIR)
+        if self.distributed.is_main:
+            self.module.lm.save_pretrained(directory / ADAPTER_DIR, state_dict=adapter)
+            state = {"log_z": log_z, "flow": flow, "sampling_rng": sampling_rngs}
+            if not sharded:
+                state["optimizer"] = self.optimizer.state_dict()
+            torch.save(state, directory / STATE_FILE)
+        self.distributed.barrier()
 
     def load(self, directory: Path) -> None:
+        """Collective with several processes; needs as many processes as wrote the checkpoint."""
         directory = Path(directory)
+        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
+        sampling_rngs = state["sampling_rng"]
+        if len(sampling_rngs) != self.distributed.world_size:
+            raise ValueError(
+                f"{directory} was written by {len(sampling_rngs)} process(es); resume it with "
+                f"the same number (this launch has {self.distributed.world_size})"
+            )
+        if self.distributed.zero_stage is not None:
+            # The shards restore the trainable weights with their optimizer state.
+            self.distributed.load_sharded(self.wrapped, directory / DEEPSPEED_DIR)
+        else:
+            self._load_unsharded(directory, state)
+        self.generator.set_state(sampling_rngs[self.distributed.rank].cpu())
+
+    def _full_state_or_none(self, module: nn.Module | None) -> dict[str, Tensor] | None:
+        if module is None:
+            return None
+        return self.distributed.full_state(module.state_dict(keep_vars=True).items())
+
+    def _load_unsharded(self, directory: Path, state: dict) -> None:
+        if "optimizer" not in state:
+            raise ValueError(
+                f"{directory} was written under DeepSpeed (sharded optimizer state); resume it "
+                "under the accelerate config that wrote it"
+            )
         weights = load_peft_weights(str(directory / ADAPTER_DIR), device=str(self.device))
         result = set_peft_model_state_dict(self.module.lm, weights)
         missing = [key for key in result.missing_keys if "lora_" in key]
@@ -225,11 +275,9 @@ class LocalBackend:
                 f"adapter in {directory} does not match this policy's LoRA config: "
                 f"missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
             )
-        state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
         _load_or_check_absent(self.module.log_z, state["log_z"], "log Z table")
         _load_or_check_absent(self.module.flow, state["flow"], "flow estimator")
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["sampling_rng"].cpu())
 
 
 def _trainable_parts(
@@ -270,10 +318,6 @@ def _stop_ids(tokenizer, eos: int | list[int] | None) -> list[int]:
     """The tokenizer's end-of-turn token plus the model's generation_config eos ids."""
     extra = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     return sorted({tokenizer.eos_token_id, *extra})
-
-
-def _state_or_none(module: nn.Module | None) -> dict[str, Tensor] | None:
-    return None if module is None else module.state_dict()
 
 
 def _load_or_check_absent(module: nn.Module | None, state: dict | None, what: str) -> None:

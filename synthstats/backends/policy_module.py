@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -34,8 +35,10 @@ class ScoringInputs:
     mask: Tensor  # [B, T] bool, valid tokens first
 
 
-@dataclass(frozen=True)
-class TrajectoryScores:
+class TrajectoryScores(NamedTuple):
+    """What forward returns. A NamedTuple, so DDP and DeepSpeed ZeRO-3 find its tensors
+    (ZeRO-3 hooks its backward pass through them)."""
+
     log_pf: Tensor  # [B, T] float32, log P_F(a_{t+1} | s_t) at temperature 1
     mask: Tensor  # [B, T] bool
     log_flow: Tensor | None  # [B, T+1], None without a flow estimator

@@ -30,14 +30,22 @@ def save_checkpoint(
     step: int,
     *,
     save_policy: Callable[[Path], None],
-    loop_state: dict[str, Any],
+    loop_state: dict[str, Any] | None,
     config_yaml: str,
+    is_main: bool = True,
 ) -> Path:
-    """Write checkpoint `step` and point `latest` at it, never leaving a half-written one."""
+    """Write checkpoint `step` and point `latest` at it, never leaving a half-written one.
+
+    With several processes every rank calls this, since saving the policy may be collective
+    (a ZeRO-3 gather, DeepSpeed's optimizer shards); only the main rank writes the rest.
+    """
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:06d}"
     staging = root / f".tmp-{name}"
+    if not is_main:
+        save_policy(staging / "policy")
+        return root / name
+    root.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     save_policy(staging / "policy")

@@ -5,6 +5,13 @@ handed to the judge pool before the learner runs step k, so the judge works whil
 policy learns. Every checkpoint therefore holds the next batch, already scored: a resumed
 run continues with exactly the batch the uninterrupted run would have used, and the two
 end bit-identical on a CPU with fixed seeds.
+
+Under `accelerate launch` every rank runs this loop on its share of the batch (sampled with
+its own seed and scored by its own judge pool); gradients are averaged in the backend.
+The replay buffer is shared: each rank adds every rank's fresh items, so all ranks hold the
+same buffer and draw replays from it with their own RNG. Metrics are reduced over ranks and
+logged by the main rank; a checkpoint holds every rank's RNG and next batch, so a resume
+needs the same number of processes.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from synthstats.objectives import Objective, latent_think_log_reward, temperatur
 from synthstats.objectives.reward import tempered_log_reward
 from synthstats.replay import ReplayBuffer, ReplayItem, program_hash
 from synthstats.train.checkpoint import save_checkpoint
+from synthstats.train.distributed import Distributed
 from synthstats.train.metrics import MetricsLogger
 
 log = logging.getLogger("synthstats.train")
@@ -138,10 +146,12 @@ class Trainer:
         backend: PolicyBackend,
         judge: Judge,
         objective: Objective,
-        metrics: MetricsLogger,
+        metrics: MetricsLogger | None,
         run_dir: Path,
         config_yaml: str,
+        distributed: Distributed | None = None,
     ):
+        """`metrics` may be None on ranks other than the main one, which logs for all."""
         if env.reference_elpd is None:
             raise ValueError(f"env {env.name!r} has no recorded reference ELPD")
         self.config = config
@@ -152,6 +162,8 @@ class Trainer:
         self.metrics = metrics
         self.run_dir = run_dir
         self.config_yaml = config_yaml
+        self.distributed = distributed or Distributed.from_environment()
+        self.local_batch_size = self.distributed.share(config.runner.train.batch_size)
         self.prompt_key = env.name
         self.prompt_ids = backend.render_prompt(env.render_prompt())
 
@@ -159,7 +171,7 @@ class Trainer:
         state = LoopState(
             step=0,
             replay=ReplayBuffer(self.config.runner.train.replay_capacity),
-            rng=np.random.default_rng(self.config.seed),
+            rng=np.random.default_rng(self.config.seed + self.distributed.rank),
         )
         state.replay.add(initial_replay, self._item_log_reward(0))
         return state
@@ -176,36 +188,42 @@ class Trainer:
                 pending = self._submit_next(state)
                 metrics = self._learn(state, current)
                 metrics["wait_seconds"] = wait_seconds
+                metrics = self.distributed.reduce_metrics(metrics)
                 state.step += 1
                 state.next_batch = None
-                self.metrics.log(metrics)
+                if self.metrics is not None:
+                    self.metrics.log(metrics)
                 if progress is not None:
                     progress(1)
                 final = state.step == train.steps
-                if final or stop.requested or state.step % train.checkpoint_every == 0:
+                # Every rank stops after the same step, whichever got the signal.
+                stopping = self.distributed.any_rank(stop.requested)
+                if final or stopping or state.step % train.checkpoint_every == 0:
                     state.next_batch = pending.result()
                     pending = None
                     self.checkpoint(state)
-                if stop.requested:
+                if stopping:
                     break
         return state
 
     def checkpoint(self, state: LoopState) -> Path:
+        """Collective with several processes: every rank saves its part, the main rank writes."""
         path = save_checkpoint(
             self.run_dir,
             state.step,
             save_policy=self.backend.save,
-            loop_state=state.state_dict(),
+            loop_state=self.distributed.checkpoint_loop_state(state.state_dict()),
             config_yaml=self.config_yaml,
+            is_main=self.distributed.is_main,
         )
-        log.info("checkpoint written: %s", path)
+        if self.distributed.is_main:
+            log.info("checkpoint written: %s", path)
         return path
 
     def _submit_next(self, state: LoopState) -> PendingBatch:
         """Sample the next fresh batch and hand it to the judge without waiting."""
-        train = self.config.runner.train
         replayed = self._replay_count(state)
-        temperatures = self._sampling_temperatures(state.rng, train.batch_size - replayed)
+        temperatures = self._sampling_temperatures(state.rng, self.local_batch_size - replayed)
         started = time.perf_counter()
         rollouts = self.backend.sample(self.prompt_key, self.prompt_ids, temperatures)
         sample_seconds = time.perf_counter() - started
@@ -214,9 +232,8 @@ class Trainer:
         return PendingBatch(rollouts, _with_truncations(rollouts, scored), sample_seconds)
 
     def _replay_count(self, state: LoopState) -> int:
-        train = self.config.runner.train
-        wanted = round(train.batch_size * train.replay_fraction)
-        return min(wanted, len(state.replay), train.batch_size - 1)
+        wanted = round(self.local_batch_size * self.config.runner.train.replay_fraction)
+        return min(wanted, len(state.replay), self.local_batch_size - 1)
 
     def _sampling_temperatures(self, rng: np.random.Generator, count: int) -> list[float]:
         exploration = self.config.runner.train.exploration
@@ -232,13 +249,15 @@ class Trainer:
         ]
         log_reward = self._item_log_reward(state.step)
         replayed = state.replay.sample(
-            min(train.batch_size - len(fresh), len(state.replay)),
+            min(self.local_batch_size - len(fresh), len(state.replay)),
             mode=train.replay_sampling,
             log_reward=log_reward,
             generator=state.rng,
             alpha=train.replay_alpha,
         )
-        state.replay.add(fresh, log_reward)
+        # One buffer shared by all ranks: each adds every rank's fresh items, in rank order.
+        every_rank = self.distributed.all_gather(fresh)
+        state.replay.add([item for items in every_rank for item in items], log_reward)
         items = fresh + replayed
         rewards = self._log_rewards(items, state.step)
         started = time.perf_counter()

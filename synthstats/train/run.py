@@ -20,6 +20,7 @@ from synthstats.judge.pool import JudgePool
 from synthstats.objectives import build_objective
 from synthstats.sft import warmstart_items
 from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
+from synthstats.train.distributed import Distributed
 from synthstats.train.loop import LoopState, Trainer
 from synthstats.train.metrics import MetricsLogger
 
@@ -42,20 +43,29 @@ class RunSummary:
 
 
 def run(config: Config, *, show_progress: bool = True) -> RunSummary:
-    """Train as configured, until the configured steps or a SIGTERM."""
+    """Train as configured, until the configured steps or a SIGTERM.
+
+    Under `accelerate launch` every rank runs this; the main rank writes the run directory.
+    """
+    distributed = Distributed.from_environment()
+    # The default output_dir holds a timestamp: every rank takes the main rank's.
+    config.output_dir = distributed.broadcast(config.output_dir)
     run_dir, checkpoint = _run_dir(config)
-    _setup_logging(run_dir)
+    _setup_logging(run_dir, rank=distributed.rank)
     config_yaml = to_yaml(config)
-    (run_dir / "config.yaml").write_text(config_yaml)
+    if distributed.is_main:
+        (run_dir / "config.yaml").write_text(config_yaml)
     env = get_env(config.env.name)
-    backend = build_backend(config)
+    backend = build_backend(config, distributed=distributed)
     resumed_step = None
     if checkpoint is not None:
         backend.load(checkpoint / "policy")
         resumed_step = load_loop_state(checkpoint)["step"]
-    metrics = MetricsLogger(run_dir, config.logging, resume_after=resumed_step)
-    if config.logging.backend == "wandb":
-        metrics.start_wandb(config, run_dir)
+    metrics = None
+    if distributed.is_main:
+        metrics = MetricsLogger(run_dir, config.logging, resume_after=resumed_step)
+        if config.logging.backend == "wandb":
+            metrics.start_wandb(config, run_dir)
     try:
         with JudgePool(config.judge) as judge:
             trainer = Trainer(
@@ -67,15 +77,23 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
                 metrics,
                 run_dir,
                 config_yaml,
+                distributed,
             )
             if checkpoint is not None:
                 state = LoopState.from_state_dict(
-                    load_loop_state(checkpoint), config.runner.train.replay_capacity
+                    distributed.rank_loop_state(load_loop_state(checkpoint)),
+                    config.runner.train.replay_capacity,
                 )
                 log.info("resuming %s at step %d", run_dir, state.step)
             else:
                 state = trainer.new_state(
-                    warmstart_items(config, env, backend, judge, show_progress=show_progress)
+                    warmstart_items(
+                        config,
+                        env,
+                        backend,
+                        judge,
+                        show_progress=show_progress and distributed.is_main,
+                    )
                 )
             total = config.runner.train.steps
             with tqdm(
@@ -83,11 +101,12 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
                 initial=state.step,
                 desc=f"training {env.name}",
                 unit="step",
-                disable=not show_progress or not sys.stderr.isatty(),
+                disable=not show_progress or not sys.stderr.isatty() or not distributed.is_main,
             ) as bar:
                 state = trainer.run(state, progress=bar.update)
     finally:
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     summary = RunSummary(run_dir, state.step, total)
     if summary.finished:
         log.info("finished %d steps; run directory: %s", total, run_dir)
@@ -114,14 +133,20 @@ def _run_dir(config: Config) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
-def _setup_logging(run_dir: Path) -> None:
-    """Messages to stderr and to RUN_DIR/train.log: the one logging path of a run."""
+def _setup_logging(run_dir: Path, *, rank: int = 0) -> None:
+    """Messages to stderr and to RUN_DIR/train.log: the one logging path of a run. Ranks
+    other than the main one only print their warnings, marked with their rank."""
+    main = rank == 0
     root = logging.getLogger("synthstats")
-    root.setLevel(logging.INFO)
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(logging.INFO if main else logging.WARNING)
+    marker = "" if main else f"[rank {rank}] "
+    formatter = logging.Formatter(f"%(asctime)s {marker}%(levelname)s %(name)s: %(message)s")
     for previous in list(root.handlers):
         root.removeHandler(previous)
         previous.close()
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(run_dir / "train.log")):
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if main:
+        handlers.append(logging.FileHandler(run_dir / "train.log"))
+    for handler in handlers:
         handler.setFormatter(formatter)
         root.addHandler(handler)
