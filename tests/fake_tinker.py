@@ -9,8 +9,9 @@ sends, AdamW steps and checkpoints really happen:
 - forward_backward_custom: a forward gives per-datum log-probs, then the SDK's own
   conversion (`TrainingClient._compute_custom_loss`, pinned tinker 0.38) calls the loss
   function and turns its gradient into weights = -dloss/dlogprobs, and the fake server
-  backpropagates sum(-logprobs * weights) into the LoRA weights, as the service does. A
-  failed forward-backward poisons the training client, as in the SDK.
+  backpropagates sum(-logprobs * weights) into the LoRA weights, as the service does
+  (over the non-zero weights only, which changes nothing but the cost). A failed
+  forward-backward poisons the training client, as in the SDK.
 - optim_step: records the gradient it applies (before clipping), then steps AdamW.
 - save_weights_and_get_sampling_client: a snapshot of the weights at that moment.
 
@@ -173,11 +174,23 @@ class FakeTrainingClient:
             self.poisoned = True
         return future
 
-    def _logprobs(self, datum: types.Datum) -> Tensor:
+    def _logprobs(self, datum: types.Datum, positions: Tensor | None = None) -> Tensor:
+        """log p(target_tokens[i] | model_input[:i+1]) at `positions` (default: all).
+
+        The LM head (151k outputs) runs only at those positions, in chunks: the backward
+        needs just the weighted ones, and a long prompt's full logits would cost seconds.
+        """
         tokens = torch.tensor([datum.model_input.to_ints()])
         targets = datum.loss_fn_inputs["target_tokens"].to_torch().long()
-        logits = self.lm(input_ids=tokens).logits[0].float()
-        return logits.log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
+        if positions is None:
+            positions = torch.arange(len(targets))
+        model = self.lm.get_base_model()
+        hidden = model.get_decoder()(input_ids=tokens).last_hidden_state[0]
+        chunks = []
+        for chunk in positions.split(128):
+            logits = model.get_output_embeddings()(hidden[chunk]).float()
+            chunks.append(logits.log_softmax(-1).gather(-1, targets[chunk, None]).squeeze(-1))
+        return torch.cat(chunks)
 
     def forward_backward_custom(self, data: list[types.Datum], loss_fn: Any) -> FakeFuture:
         def run() -> types.ForwardBackwardOutput:
@@ -192,7 +205,8 @@ class FakeTrainingClient:
             custom = tinker.TrainingClient._compute_custom_loss(data, loss_fn, forward)
             for datum in custom.data:
                 weights = datum.loss_fn_inputs["weights"].to_torch().float()
-                (-(self._logprobs(datum) * weights).sum()).backward()
+                weighted = weights.nonzero().squeeze(-1)
+                (-(self._logprobs(datum, weighted) * weights[weighted]).sum()).backward()
             return types.ForwardBackwardOutput(
                 loss_fn_output_type="ArrayRecord",
                 loss_fn_outputs=outputs,

@@ -4,9 +4,11 @@ except the opt-in live smoke test at the end (skipped unless TINKER_API_KEY is s
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
+from concurrent.futures import Future
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from synthstats.backends.tinker_connection import TinkerSetupError
 from synthstats.backends.tinker_datums import completion_log_probs, trajectory_datum
 from synthstats.backends.tinker_retry import TinkerBackendError, TinkerTimeoutError
 from synthstats.config import Config, ConfigError
+from synthstats.judge.score import Score
 from synthstats.objectives import build_objective
 
 MESSAGES = [
@@ -428,3 +431,67 @@ def test_live_tinker_samples_and_takes_one_step(tmp_path):
     saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
     assert saved["state_path"].startswith("tinker://")
     assert saved["sampler_path"].startswith("tinker://")
+
+
+# ---- the command line, against the fake -------------------------------------------------
+
+
+class FailingJudge:
+    """Stands in for JudgePool: scores every program as a failure, at once."""
+
+    def __init__(self, config: object) -> None:
+        pass
+
+    def __enter__(self) -> FailingJudge:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        pass
+
+    def score_async(self, env: object, programs: list[str]) -> Future:
+        done: Future = Future()
+        done.set_result([Score.failure("no_program", "stub judge") for _ in programs])
+        return done
+
+
+def test_cli_trains_and_resumes_with_runner_tinker(server, monkeypatch, tmp_path):
+    """synthstats-train runner=tinker end to end; the test-only hook is the module's connect."""
+    from click.testing import CliRunner
+
+    from synthstats.cli import train
+    from synthstats.envs import get_env
+    from synthstats.train.checkpoint import latest_checkpoint
+
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    monkeypatch.setattr("synthstats.backends.tinker.connect", server.connection)
+    # The judge is not under test: every program fails fast, with the reference fixed.
+    monkeypatch.setattr("synthstats.train.run.JudgePool", FailingJudge)
+    monkeypatch.setattr(
+        "synthstats.train.run.get_env",
+        lambda name: dataclasses.replace(get_env(name), reference_elpd=-60.0),
+    )
+    run_dir = tmp_path / "run"
+    arguments = [
+        "runner=tinker",
+        "policy=tinker",
+        "env=dugongs",
+        "runner.train.batch_size=2",
+        "runner.train.checkpoint_every=1",
+        "policy.max_new_tokens=6",
+        "policy.lora_dropout=0.0",
+        "--no-progress",
+    ]
+    first = CliRunner().invoke(train, [*arguments, "runner.train.steps=2", f"output_dir={run_dir}"])
+    assert first.exit_code == 0, first.output
+    assert len(server.applied_grads) == 2
+    saved = json.loads((latest_checkpoint(run_dir) / "policy" / CHECKPOINT_FILE).read_text())
+    assert saved["step"] == 2 and saved["state_path"] in server.checkpoints
+
+    resumed = CliRunner().invoke(train, [*arguments, "runner.train.steps=3", f"resume={run_dir}"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "submit create_training_client_from_state_with_optimizer" in server.events
+    assert len(server.applied_grads) == 3
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in metrics] == [0, 1, 2]
+    for path in run_dir.rglob("*"):
+        assert not path.is_file() or FAKE_KEY.encode() not in path.read_bytes(), path
