@@ -106,7 +106,10 @@ def main() -> None:
 
 @main.group(
     cls=_LazyGroup,
-    lazy_commands={"judge": "synthstats.judge.bench:bench_judge"},
+    lazy_commands={
+        "judge": "synthstats.judge.bench:bench_judge",
+        "train": "synthstats.train.bench:bench_train",
+    },
 )
 def bench() -> None:
     """Benchmarks: each measures a speed ratio against a baseline in the same run."""
