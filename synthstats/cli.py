@@ -13,6 +13,7 @@ import sys
 import click
 
 from synthstats.config import GROUPS, ConfigError, group_options, resolve, to_yaml
+from synthstats.errors import UserFacingError
 
 # The shell's convention for a process ended by SIGTERM: the run stopped early, resumable.
 _EXIT_TERMINATED = 143
@@ -63,12 +64,11 @@ def train(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, no
     if dry_run:
         click.echo(to_yaml(config), nl=False)
         return
-    from synthstats.sft import DemonstrationError
-    from synthstats.train.run import RunError, run
+    from synthstats.train.run import run
 
     try:
         summary = run(config, show_progress=not no_progress)
-    except (RunError, DemonstrationError, NotImplementedError) as error:
+    except UserFacingError as error:
         click.echo(f"synthstats-train: {error}", err=True)
         sys.exit(2)
     if not summary.finished:

@@ -20,10 +20,12 @@ from typing import Any, Literal
 
 import yaml
 
+from synthstats.errors import UserFacingError
+
 GROUPS = ("env", "policy", "objective", "judge", "runner", "logging")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserFacingError, ValueError):
     """A user-facing configuration mistake; the message says what to change."""
 
 
@@ -176,9 +178,10 @@ class LoggingConfig:
     backend: Literal["console", "jsonl", "wandb"] = "jsonl"
     # Steps between metric lines.
     every: int = 1
-    # W&B project and mode (offline works without a network).
+    # W&B project, and mode: null follows WANDB_MODE (online when unset); offline needs no
+    # network.
     project: str = "synthstats"
-    wandb_mode: Literal["online", "offline", "disabled"] = "online"
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from synthstats.backends.base import PolicyBackend
 from synthstats.config import Config
 from synthstats.envs import get_env
 from synthstats.envs.base import Env
+from synthstats.errors import UserFacingError
 from synthstats.judge.extract import extract_program
 from synthstats.replay import ReplayItem, program_hash
 
@@ -33,7 +34,7 @@ BUILTIN_PREFIX = "builtin:"
 _THINK_SPAN = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
 
 
-class DemonstrationError(ValueError):
+class DemonstrationError(UserFacingError, ValueError):
     """A bad demonstration file: the message names the file and line."""
 
 

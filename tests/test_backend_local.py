@@ -15,7 +15,7 @@ from synthstats.backends.local import ADAPTER_DIR, LocalBackend
 from synthstats.backends.mock_model import mock_model_folder, qwen3_tokenizer_folder
 from synthstats.backends.policy_module import pack_trajectories
 from synthstats.backends.sampling import sample_completions
-from synthstats.config import Config
+from synthstats.config import Config, ConfigError
 from synthstats.objectives import build_objective
 
 MESSAGES = [
@@ -382,7 +382,7 @@ def test_reference_think_log_prob_scores_the_think_span_with_the_adapter_off(bac
 
 
 def test_build_backend_refuses_what_it_cannot_build():
-    with pytest.raises(NotImplementedError, match="Tinker"):
+    with pytest.raises(ConfigError, match="go together"):
         build_backend(mock_config(policy__kind="tinker"))
     with pytest.raises(ValueError, match="model_name"):
         build_backend(mock_config(policy__kind="hf", policy__model_name=""))

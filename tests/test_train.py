@@ -205,3 +205,36 @@ def test_sigterm_writes_a_checkpoint_before_exit(workspace):
     steps_logged = len(read_metrics(run_dir))
     assert checkpoint.name == f"step-{steps_logged:06d}"
     assert steps_logged < 500
+
+
+def test_wandb_offline_logs_the_run(workspace, monkeypatch):
+    root, demonstrations, cache = workspace
+    run_dir = root / "wandb-offline"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    result = CliRunner().invoke(
+        train, train_arguments(run_dir, demonstrations, cache, steps=1) + ["logging=wandb"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(read_metrics(run_dir)) == 1
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs, list(run_dir.iterdir())
+
+
+def test_wandb_without_login_fails_at_start_with_the_fix(workspace, monkeypatch, tmp_path):
+    root, demonstrations, cache = workspace
+    run_dir = root / "wandb-online"
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = CliRunner().invoke(
+        train,
+        train_arguments(run_dir, demonstrations, cache, steps=1)
+        + ["logging=wandb", "logging.wandb_mode=online"],
+    )
+    assert result.exit_code == 2, result.output
+    assert "logging=wandb could not start" in result.output
+    assert "WANDB_MODE=offline" in result.output
+    assert latest_checkpoint(run_dir) is None

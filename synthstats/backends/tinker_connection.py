@@ -13,11 +13,12 @@ from typing import Any
 from tinker.lib.credentials import JsonCredentialStore, default_credentials_path
 
 from synthstats.backends.tinker_retry import RetryPolicy, request
+from synthstats.errors import UserFacingError
 
 API_KEY_VARIABLE = "TINKER_API_KEY"
 
 
-class TinkerSetupError(RuntimeError):
+class TinkerSetupError(UserFacingError, RuntimeError):
     """The Tinker backend cannot start; the message says what to change."""
 
 

@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import tinker
 from tinker.types import RequestErrorCategory
 
+from synthstats.errors import UserFacingError
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -30,7 +32,7 @@ _TRANSIENT_STATUS = frozenset({408, 409, 429})
 MAX_BACKOFF_S = 60.0
 
 
-class TinkerBackendError(RuntimeError):
+class TinkerBackendError(UserFacingError, RuntimeError):
     """A Tinker request that could not be completed; the message says what to do."""
 
 

@@ -30,6 +30,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from synthstats.errors import UserFacingError
 from synthstats.judge.score import Score
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ _worker_numbers = itertools.count()
 _warned_uncontained = False
 
 
-class JudgeUnavailable(RuntimeError):
+class JudgeUnavailable(UserFacingError, RuntimeError):
     """A worker could not start: a broken installation, not a program's fault."""
 
 

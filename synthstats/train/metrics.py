@@ -13,10 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from synthstats.config import Config, LoggingConfig
+from synthstats.errors import UserFacingError
 
 log = logging.getLogger("synthstats.train")
 
 _CONSOLE_KEYS = ("loss", "log_z", "reward_mean", "valid_rate", "elpd_max", "wait_seconds")
+
+
+class LoggingSetupError(UserFacingError, RuntimeError):
+    """A metrics backend that cannot start; raised before the first step."""
 
 
 class MetricsLogger:
@@ -35,7 +40,7 @@ class MetricsLogger:
         try:
             import wandb
         except ImportError as error:
-            raise RuntimeError(
+            raise LoggingSetupError(
                 "logging=wandb needs the wandb package: pip install wandb"
             ) from error
         try:
@@ -48,7 +53,7 @@ class MetricsLogger:
                 resume="allow",
             )
         except Exception as error:  # wandb raises many types for login and network trouble
-            raise RuntimeError(
+            raise LoggingSetupError(
                 f"logging=wandb could not start ({error}). Run `wandb login`, or set "
                 "WANDB_MODE=offline (or logging.wandb_mode=offline) to log without a network."
             ) from error
