@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from synthstats.backends import build_backend
 from synthstats.config import Config, to_yaml
 from synthstats.envs import get_env
+from synthstats.errors import UserFacingError
 from synthstats.judge.pool import JudgePool
 from synthstats.objectives import build_objective
 from synthstats.sft import warmstart_items
@@ -27,7 +28,7 @@ from synthstats.train.metrics import MetricsLogger
 log = logging.getLogger("synthstats.train")
 
 
-class RunError(RuntimeError):
+class RunError(UserFacingError, RuntimeError):
     """A run that cannot start; the message says what to change."""
 
 
