@@ -81,7 +81,7 @@ def test_defaults_are_typed_and_sane():
     assert isinstance(config.objective, ObjectiveConfig)
     assert isinstance(config.judge, JudgeConfig)
     assert config.env.name == "dugongs"
-    assert config.policy.kind == "mock"
+    assert config.policy.kind == "slot"
     assert config.policy.thinking == "off"
     assert config.objective.loss == "subtb"
     assert config.objective.lamda == 0.9

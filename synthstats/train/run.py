@@ -2,6 +2,7 @@
 
 synthstats-train runner=local env=dugongs policy=hf_qwen3_0_6b
 synthstats-train resume=runs/dugongs-20261125-101500       # continue a stopped run
+synthstats-train                                           # the validation job (policy=slot)
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
     config.output_dir = distributed.broadcast(config.output_dir)
     run_dir, checkpoint = _run_dir(config)
     _setup_logging(run_dir, rank=distributed.rank)
+    if config.policy.kind == "slot":
+        from synthstats.eval.validation import run_validation
+
+        return run_validation(config, run_dir, show_progress=show_progress)
     config_yaml = to_yaml(config)
     if distributed.is_main:
         (run_dir / "config.yaml").write_text(config_yaml)
