@@ -107,7 +107,7 @@ def import_allowed(module: str, names: tuple[str, ...] = ()) -> bool:
         f"{module}.{name}" in ALLOWED_MODULES for name in names or ("",)
     ):
         return False
-    return all(name != "*" and _attribute_allowed(name) for name in names)
+    return all(name != "*" and attribute_allowed(name) for name in names)
 
 
 def _problem(node: ast.AST) -> str | None:
@@ -120,7 +120,7 @@ def _problem(node: ast.AST) -> str | None:
         if node.level or not node.module or not import_allowed(node.module, names):
             return f"from {node.module!r} import {', '.join(names)} is not allowed"
     elif isinstance(node, ast.Attribute):
-        if not _attribute_allowed(node.attr):
+        if not attribute_allowed(node.attr):
             return f"attribute {node.attr!r} is not allowed"
         if node.attr == "format" and not _safe_format_template(node.value):
             return "str.format with a computed template or attribute/index fields"
@@ -135,7 +135,7 @@ def _problem(node: ast.AST) -> str | None:
         return f"name {node.id!r} is not allowed"
     elif isinstance(node, ast.MatchClass):
         for attribute in node.kwd_attrs:
-            if not _attribute_allowed(attribute):
+            if not attribute_allowed(attribute):
                 return f"pattern attribute {attribute!r} is not allowed"
     return None
 
@@ -145,7 +145,8 @@ def _on_self(node: ast.Attribute) -> bool:
     return isinstance(node.value, ast.Name) and node.value.id == "self"
 
 
-def _attribute_allowed(name: str) -> bool:
+def attribute_allowed(name: str) -> bool:
+    """Whether `x.name` passes, whatever x is (also used at runtime)."""
     return not name.startswith("_") and name not in FORBIDDEN_ATTRIBUTES
 
 

@@ -24,7 +24,12 @@ import numpy as np
 import pymc as pm
 
 from synthstats.judge.contract import check_contract
-from synthstats.judge.gate import FORBIDDEN_NAMES, import_allowed
+from synthstats.judge.gate import (
+    ALLOWED_MODULES,
+    FORBIDDEN_NAMES,
+    attribute_allowed,
+    import_allowed,
+)
 from synthstats.judge.loo import summarise_fit
 from synthstats.judge.score import Failure
 
@@ -43,6 +48,8 @@ _SAMPLING_FUNCTIONS = (
     pm.compute_log_prior,
     pm.init_nuts,
 )
+
+_ALLOWED_ROOTS = frozenset(module.split(".")[0] for module in ALLOWED_MODULES)
 
 logging.getLogger("pymc").setLevel(logging.ERROR)
 
@@ -148,8 +155,12 @@ def _program_builtins() -> dict[str, Any]:
 
 
 def _guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    """The gate's allowlist again at runtime, widened to whole allowed packages: numpy and
+    scipy import their internals lazily from C, and those imports see the program's
+    builtins (ndarray.mean imports numpy._core._methods)."""
     names = tuple(fromlist or ())
-    if level or not import_allowed(name, names):
+    inside = name.split(".")[0] in _ALLOWED_ROOTS and all(map(attribute_allowed, names))
+    if level or not (import_allowed(name, names) or inside):
         shown = f"from {name} import {', '.join(names)}" if names else f"import {name}"
         raise ForbiddenImport(f"{shown} is not allowed")
     return builtins.__import__(name, globals, locals, fromlist, level)
