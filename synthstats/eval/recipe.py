@@ -3,9 +3,13 @@
 The shipped defaults suit a LoRA language model: 100 steps, log Z learned at 0.1, reward
 temperature 1. A slot run needs more steps to converge, a slower log Z (at 0.1 Adam keeps
 it wobbling by about 0.1 around log sum R, the size of the target error) and its space's
-reward temperature (the one that makes p* a hard target). A setting still at its shipped
-default takes the slot value; one set to anything else, on the command line or in a config
-file, is kept. The filled-in values are logged and saved in the run's config.yaml.
+reward temperature (the one that makes p* a hard target); it does not resume, so it writes
+only the final checkpoint (the trained policy).
+
+The config records no provenance, so a setting equal to its shipped default counts as
+unset and takes the slot value (runner.train.steps=100 gives 2000 steps; ask for 101);
+any other value, from the command line or a config file, is kept. The filled-in values
+are logged and saved in the run's config.yaml.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def slot_settings(space: ProgramSpace, steps: int) -> dict[str, Any]:
         "runner.train.steps": steps,
         "objective.log_z_lr": SLOT_LOG_Z_LR,
         "objective.reward.temperature": space.reward_temperature,
+        "runner.train.checkpoint_every": steps,
         "logging.every": max(1, steps // SLOT_CONSOLE_LINES),
     }
 
