@@ -118,3 +118,11 @@ def test_unsupported_settings_stop_before_training(tmp_path, override):
     assert result.exit_code == 2
     assert "policy=slot does not support" in result.output
     assert not (run_dir / "report.json").exists()
+
+
+def test_an_env_without_a_program_space_names_the_alternatives(tmp_path):
+    result = CliRunner().invoke(train, ["env=irt", f"output_dir={tmp_path / 'run'}"])
+    assert result.exit_code == 2
+    assert (
+        "no enumerable program space" in result.output and "policy=hf_qwen3_0_6b" in result.output
+    )

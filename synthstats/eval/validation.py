@@ -61,12 +61,26 @@ def run_validation(config: Config, run_dir: Path, *, show_progress: bool = True)
     """Train the slot policy and the baseline, then write the report and plots and print
     the summary. RunSummary counts the steps of both trainings."""
     _refuse_unsupported(config)
-    space = get_space(config.env.name)
+    try:
+        space = get_space(config.env.name)
+    except ValueError as error:
+        raise RunError(
+            f"{error}. policy=slot (the default) needs one; for other envs choose a language "
+            "model, e.g. policy=hf_qwen3_0_6b"
+        ) from None
     config, recipe = apply_slot_recipe(config, space)
     for key, value in recipe.items():
-        log.info("policy=slot: %s=%s (the shipped default does not suit a slot run)", key, value)
+        log.info(
+            "policy=slot: %s=%s (in place of the shipped default; set it to choose)", key, value
+        )
     (run_dir / "config.yaml").write_text(to_yaml(config))
     judge = ShippedScoresJudge(space)
+    log.info(
+        "scoring from the judge's shipped scores of the %d %s programs (budget %s)",
+        len(space),
+        space.env_name,
+        judge.shipped.judge_budget,
+    )
     reference_elpd = space_reference_elpd(judge.shipped)
     env = dataclasses.replace(get_env(config.env.name), reference_elpd=reference_elpd)
     target = SpaceTarget.of(space, judge.shipped, reference_elpd, config.objective.reward)
@@ -148,6 +162,8 @@ def _train(
     metrics = MetricsLogger(run_dir, config.logging)
     steps = config.runner.train.steps
     try:
+        if config.logging.backend == "wandb":
+            metrics.start_wandb(config, run_dir)
         trainer = Trainer(config, env, backend, judge, objective, metrics, run_dir, config_yaml)
         with tqdm(
             total=steps,
