@@ -66,7 +66,9 @@ class Distributed:
 
     @property
     def device(self) -> torch.device:
-        return self.accelerator.device
+        device = self.accelerator.device
+        # Accelerate names the CPU of a multi-CPU launch "cpu:0", which torch.load rejects.
+        return torch.device("cpu") if device.type == "cpu" else device
 
     @property
     def zero_stage(self) -> int | None:
