@@ -8,6 +8,7 @@ past the gate, straight into a worker, to check the OS containment behind it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -22,7 +23,7 @@ from synthstats.envs.base import Env
 from synthstats.judge import sandbox
 from synthstats.judge.sandbox import SandboxedWorker, bwrap_works
 from synthstats.judge.score import Score
-from synthstats.judge.scoring import prepare
+from synthstats.judge.scoring import prepare, score_program
 from synthstats.judge.unsandboxed import score_trusted
 
 SECRET = "sk-synthstats-canary-5f3a9d"
@@ -241,6 +242,13 @@ def test_scores_are_identical_without_bwrap_and_keep_the_environment_scrubbed(
             good_score.se,
             good_score.p_loo,
         )
+
+
+def test_score_program_scores_one_completion_in_a_fresh_worker(good_score):
+    assert score_program(ENV, "```python\nimport os\n```", CFG).error_kind == "forbidden"
+    cold = dataclasses.replace(CFG, timeout_s=180)  # no compile seed: a cold compile
+    one_shot = score_program(ENV, fenced(GOOD), cold)
+    assert one_shot.ok and one_shot.elpd_loo == good_score.elpd_loo
 
 
 def test_unknown_sandbox_setting_is_refused():
