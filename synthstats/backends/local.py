@@ -35,7 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from synthstats.backends.base import Rollout, TrainBatch
 from synthstats.backends.policy_module import PolicyWithFlows, pack_trajectories
 from synthstats.backends.sampling import sample_completions
-from synthstats.config import ObjectiveConfig, PolicyConfig, TrainConfig
+from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
 from synthstats.objectives import (
     HiddenStateFlowHead,
     LogZTable,
@@ -245,7 +245,7 @@ class LocalBackend:
         state = torch.load(directory / STATE_FILE, map_location=self.device, weights_only=True)
         sampling_rngs = state["sampling_rng"]
         if len(sampling_rngs) != self.distributed.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{directory} was written by {len(sampling_rngs)} process(es); resume it with "
                 f"the same number (this launch has {self.distributed.world_size})"
             )
@@ -263,7 +263,7 @@ class LocalBackend:
 
     def _load_unsharded(self, directory: Path, state: dict) -> None:
         if "optimizer" not in state:
-            raise ValueError(
+            raise ConfigError(
                 f"{directory} was written under DeepSpeed (sharded optimizer state); resume it "
                 "under the accelerate config that wrote it"
             )

@@ -28,6 +28,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from torch import Tensor, nn
 
+from synthstats.config import ConfigError
+
 T = TypeVar("T")
 
 # Tag of the one DeepSpeed checkpoint kept inside each of our checkpoint folders.
@@ -80,7 +82,7 @@ class Distributed:
     def share(self, total: int) -> int:
         """This rank's part of `total` trajectories (the batch is split evenly over ranks)."""
         if total % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"runner.train.batch_size={total} does not split evenly over "
                 f"{self.world_size} processes: use a multiple of {self.world_size}"
             )
@@ -163,7 +165,7 @@ class Distributed:
     def load_sharded(self, wrapped: nn.Module, directory: Path) -> None:
         """Restore what save_sharded wrote, with the same number of processes (collective)."""
         if not (directory / DEEPSPEED_TAG).is_dir():
-            raise ValueError(
+            raise ConfigError(
                 f"{directory.parent} holds no DeepSpeed optimizer shards: it was written without "
                 "DeepSpeed; resume it under the accelerate config that wrote it"
             )
@@ -237,7 +239,7 @@ class Distributed:
         ranks = saved.get("ranks")
         saved_world = 1 if ranks is None else len(ranks)
         if saved_world != self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"the checkpoint was written by {saved_world} process(es); resume it with the "
                 f"same number (this launch has {self.world_size})"
             )
