@@ -20,14 +20,15 @@ if [[ $# -lt 1 ]]; then
     sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
     exit 2
 fi
-config="$1"
+name="$1"
 shift
+config="$name"
 if [[ ! -f "$config" ]]; then
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-    config="$repo/accelerate_configs/${config%.yaml}.yaml"
+    config="$repo/accelerate_configs/${name%.yaml}.yaml"
 fi
 if [[ ! -f "$config" ]]; then
-    echo "multi_gpu.sh: no accelerate config $1 (a name in accelerate_configs/ or a file)" >&2
+    echo "multi_gpu.sh: no accelerate config $name (a name in accelerate_configs/ or a file)" >&2
     exit 2
 fi
 
