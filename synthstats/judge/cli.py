@@ -68,6 +68,7 @@ def score(
             judge_cfg,
             workers=min(workers or judge_cfg.workers or len(texts), len(texts)),
             cache=False if no_cache else None,
+            eager=False,  # a file of cache hits or gate failures needs no worker
         )
         with pool:
             scores = pool.score(env, texts)

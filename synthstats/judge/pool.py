@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from synthstats.judge.cache import ScoreCache, score_key
-from synthstats.judge.sandbox import SandboxedWorker
+from synthstats.judge.sandbox import JudgeUnavailable, SandboxedWorker
 from synthstats.judge.score import Score
 from synthstats.judge.scoring import prepare
 
@@ -48,6 +48,8 @@ class JudgePool:
     cache: None opens judge_cfg.cache_path (or the user cache dir) when judge_cfg.cache,
         False disables it, a ScoreCache is used as given.
     compile_seed: a trusted PyTensor compile dir copied into each worker's private one.
+    eager: start the workers now, in the background, so that they have imported PyMC by
+        the time the first programs arrive (a trainer samples its first batch meanwhile).
     """
 
     def __init__(
@@ -57,6 +59,7 @@ class JudgePool:
         *,
         cache: ScoreCache | bool | None = None,
         compile_seed: Path | None = None,
+        eager: bool = True,
     ):
         self.judge_cfg = judge_cfg
         self.workers = workers or judge_cfg.workers or default_workers()
@@ -70,6 +73,9 @@ class JudgePool:
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="judge")
         self._closed = threading.Event()
         self._finalizer = weakref.finalize(self, _kill_all, self._all)
+        if eager:
+            for _ in self._all:
+                self._executor.submit(self._start_a_worker)
 
     def submit(self, env: Env, completion: str) -> Future[Score]:
         """A Future of the completion's Score; resolved at once for cache hits and for
@@ -108,6 +114,16 @@ class JudgePool:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    def _start_a_worker(self) -> None:
+        worker = self._free.get()
+        try:
+            if not (self._closed.is_set() or worker.running):
+                worker.start()
+        except JudgeUnavailable:
+            pass  # the first program on this worker retries and reports it
+        finally:
+            self._free.put(worker)
 
     def _score_on_a_worker(self, env: Env, source: str, key: str | None) -> Score:
         worker = self._free.get()

@@ -67,6 +67,10 @@ class SandboxedWorker:
         self.uid: int | None = None
         self._killed = False
 
+    @property
+    def running(self) -> bool:
+        return self._process is not None
+
     def score(self, source: str, env: Env) -> Score:
         """Scores a program that has passed the gate."""
         if self._process is None:
