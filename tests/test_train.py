@@ -75,11 +75,15 @@ def _tensors(tree, prefix="") -> dict[str, torch.Tensor]:
     """Every tensor in a nested state, keyed by its path (log_z.table, optimizer.state.0...)."""
     if isinstance(tree, torch.Tensor):
         return {prefix: tree}
-    children = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    if isinstance(tree, dict):
+        children = tree.items()
+    elif isinstance(tree, list | tuple):
+        children = enumerate(tree)
+    else:
+        return {}
     found = {}
-    if isinstance(tree, dict | list | tuple):
-        for key, value in children:
-            found.update(_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
+    for key, value in children:
+        found.update(_tensors(value, f"{prefix}.{key}" if prefix else str(key)))
     return found
 
 
