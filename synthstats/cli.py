@@ -96,6 +96,7 @@ class _LazyGroup(click.Group):
     cls=_LazyGroup,
     lazy_commands={
         "envs": "synthstats.envs.cli:envs",
+        "eval": "synthstats.eval.cli:eval_command",
         "score": "synthstats.judge.cli:score",
     },
 )

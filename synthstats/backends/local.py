@@ -202,6 +202,23 @@ class LocalBackend:
         return metrics
 
     @torch.no_grad()
+    def sequence_log_probs(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> Tensor:
+        """Sum of each completion's token log P_F at temperature 1 under the policy: [B]."""
+        self.module.eval()
+        inputs = pack_trajectories(
+            [""] * len(prompt_ids),
+            prompt_ids,
+            completion_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        states = self.module._final_states(inputs)
+        log_pf = self.module._log_pf(states, inputs)
+        return torch.where(inputs.mask, log_pf, 0.0).sum(-1).float().cpu()
+
+    @torch.no_grad()
     def reference_think_log_prob(
         self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
     ) -> Tensor:
