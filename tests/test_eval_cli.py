@@ -1,0 +1,119 @@
+"""`synthstats eval RUN_DIR` on a short mock run: the report's fields, its plots, its errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from synthstats.cli import main, train
+from synthstats.envs import get_env
+from synthstats.eval.metrics import importance_log_partition
+
+pytestmark = pytest.mark.slow
+
+FIELDS = (
+    "samples",
+    "validity_rate",
+    "error_kinds",
+    "unique_programs",
+    "reward_histogram",
+    "best_elpd",
+    "best_program",
+    "spearman_logp_logr",
+    "learned_log_z",
+    "is_log_z",
+    "is_log_z_se",
+    "reward_temperature",
+    "checkpoint",
+)
+
+
+@pytest.fixture(scope="module")
+def mock_run(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    env = get_env("dugongs")
+    demonstrations = root / "reference.jsonl"
+    completion = f"```python\n{env.reference_program.strip()}\n```"
+    demonstrations.write_text(json.dumps({"prompt": "dugongs", "completion": completion}) + "\n")
+    run_dir = root / "run"
+    arguments = [
+        "runner=local",
+        "policy=mock",
+        "env=dugongs",
+        "judge=fast",
+        "runner.train.steps=1",
+        "runner.train.batch_size=2",
+        "policy.max_new_tokens=8",
+        "judge.workers=1",
+        "judge.cache=true",
+        f"judge.cache_path={root / 'scores.sqlite'}",
+        f"output_dir={run_dir}",
+        "sft_warmstart.enabled=true",
+        f"sft_warmstart.data_path={demonstrations}",
+        "sft_warmstart.compute_rewards=true",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(train, arguments)
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+def test_eval_json_report_is_complete_and_consistent(mock_run):
+    result = CliRunner().invoke(main, ["eval", str(mock_run), "--samples", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output[result.output.index("{") :])
+    written = json.loads((mock_run / "eval_report.json").read_text())
+    assert printed == written
+    for field in FIELDS:
+        assert field in written, field
+    assert written["samples"] == 4
+    assert written["validity_rate"] == written["valid"] / written["samples"]
+    failures = written["samples"] - written["valid"]
+    assert sum(written["error_kinds"].values()) == failures
+    assert sum(written["reward_histogram"]["counts"]) == written["samples"]
+    assert (
+        len(written["reward_histogram"]["edges"]) == len(written["reward_histogram"]["counts"]) + 1
+    )
+    assert written["unique_valid_programs"] <= written["unique_programs"] <= written["samples"]
+    assert (written["best_elpd"] is None) == (written["valid"] == 0)
+    assert Path(written["checkpoint"]).name == "step-000001"
+    assert written["reward_temperature"] > 0
+    # The local backend scores its samples, so the importance-sampling estimate exists.
+    assert written["is_log_z"] is not None and math.isfinite(written["is_log_z"])
+    assert written["learned_log_z"] is not None
+    for plot in ("eval_reward_histogram.png", "eval_logp_vs_logr.png"):
+        assert (mock_run / plot).stat().st_size > 0, plot
+
+
+def test_eval_missing_checkpoint_is_a_clear_error(mock_run, tmp_path):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.yaml").write_text((mock_run / "config.yaml").read_text())
+    result = CliRunner().invoke(main, ["eval", str(bare)])
+    assert result.exit_code != 0
+    assert "no checkpoint" in result.output
+    assert "Traceback" not in result.output
+    assert isinstance(result.exception, SystemExit)  # a ClickException, not a crash
+
+    result = CliRunner().invoke(main, ["eval", str(tmp_path / "absent")])
+    assert result.exit_code != 0 and "not a directory" in result.output
+
+    result = CliRunner().invoke(main, ["eval", str(mock_run), "--checkpoint", str(tmp_path)])
+    assert result.exit_code != 0 and "no policy/ folder" in result.output
+
+
+def test_importance_estimate_recovers_a_known_partition_from_random_samples():
+    """Samples from a known q over 50 items with R known: log sum R within a few SEs."""
+    rng = np.random.default_rng(0)
+    log_reward = rng.normal(0.0, 1.0, size=50)
+    q = rng.dirichlet(np.ones(50))
+    drawn = rng.choice(50, size=4000, p=q)
+    estimate, se = importance_log_partition(log_reward[drawn], np.log(q[drawn]))
+    exact = math.log(np.exp(log_reward).sum())
+    assert 0 < se < 0.2
+    assert abs(estimate - exact) < 4 * se
