@@ -117,3 +117,19 @@ def test_importance_estimate_recovers_a_known_partition_from_random_samples():
     exact = math.log(np.exp(log_reward).sum())
     assert 0 < se < 0.2
     assert abs(estimate - exact) < 4 * se
+
+
+def test_eval_of_a_slot_run_reports_the_validation_jobs_exact_metrics(tmp_path):
+    run_dir = tmp_path / "slot"
+    result = CliRunner().invoke(
+        train, ["env=dugongs", "runner.train.steps=2", f"output_dir={run_dir}", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["eval", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((run_dir / "eval_report.json").read_text())
+    assert report["policy_kind"] == "slot" and report["step"] == 2
+    last = json.loads((run_dir / "evaluation.jsonl").read_text().splitlines()[-1])
+    assert last["policy"] == "gflownet" and last["step"] == 2
+    for key in ("tv", "kl", "logz_error", "spearman"):
+        assert report["exact"][key] == pytest.approx(last[key], abs=1e-6), key
