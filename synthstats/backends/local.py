@@ -107,6 +107,8 @@ class LocalBackend:
             groups.append(
                 {"name": "flow", "params": list(flow.parameters()), "lr": train.flow_learning_rate}
             )
+        # self.module stays the bare module (sampling, saving); self.wrapped is what trains
+        # (itself, DDP or a DeepSpeed engine), so gradients are averaged over ranks.
         self.wrapped, self.optimizer = self.distributed.setup(
             self.module,
             torch.optim.Adam(groups),
