@@ -2,15 +2,18 @@
 
     python -m synthstats.envs.maintain write-data [NAME ...]        simulated data files
     python -m synthstats.envs.maintain refresh-prompts [NAME ...]   prompts in the SFT JSONL
-    python -m synthstats.envs.maintain reference-elpd NAME [...]    ELPD-LOO of the reference
+    python -m synthstats.envs.maintain reference-elpd [NAME ...]   ELPD-LOO of the reference
 
-`reference-elpd` prints the number to copy into `reference_elpd` of `specs/NAME.yaml`, using
-the judge's default budget: 500 draws after 500 tuning steps, 2 chains, seed 0.
+`reference-elpd` scores the reference program with the real judge at its default config
+(configs/judge/default.yaml) and prints it; `--write` stores it as `reference_elpd` in
+`specs/NAME.yaml`.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 
 import click
 import numpy as np
@@ -21,10 +24,10 @@ from synthstats.envs.catalog import (
     env_names,
     get_env,
     load_spec,
+    spec_path,
 )
 from synthstats.envs.simulate import GENERATORS
-
-SAMPLER_SETTINGS = {"draws": 500, "tune": 500, "chains": 2, "target_accept": 0.9, "random_seed": 0}
+from synthstats.judge.score import Score
 
 
 def data_file_text(data: dict[str, np.ndarray], truth: dict) -> str:
@@ -50,23 +53,26 @@ def refresh_prompts(name: str) -> None:
     demonstration_path(name).write_text("".join(line + "\n" for line in lines))
 
 
-def reference_elpd(name: str) -> tuple[float, float]:
-    """ELPD-LOO and its standard error for the env's reference program."""
-    import arviz as az
-    import pymc as pm
+def score_references(names: Sequence[str], workers: int) -> dict[str, Score]:
+    """The real judge's Score of each env's reference program, at the default judge config."""
+    from synthstats.config import load_judge_config
+    from synthstats.judge.pool import JudgePool
 
-    env = get_env(name)
-    namespace = {"data": env.data}
-    exec(compile(env.reference_program, f"<{name} reference>", "exec"), namespace)
-    with namespace["model"]:
-        idata = pm.sample(
-            **SAMPLER_SETTINGS,
-            cores=1,
-            progressbar=False,
-            idata_kwargs={"log_likelihood": True},
-        )
-    loo = az.loo(idata, var_name=env.observed[0])
-    return float(loo["elpd_loo"]), float(loo["se"])
+    envs = [get_env(name) for name in names]
+    with JudgePool(load_judge_config("default"), workers=workers, cache=False) as pool:
+        futures = [pool.submit(env, f"```python\n{env.reference_program}```") for env in envs]
+        return {env.name: future.result() for env, future in zip(envs, futures, strict=True)}
+
+
+def store_reference_elpd(name: str, elpd: float) -> None:
+    """Rewrite the `reference_elpd:` line of the env's spec, leaving the rest as written."""
+    path = spec_path(name)
+    text, count = re.subn(
+        r"^reference_elpd:.*$", f"reference_elpd: {elpd:.2f}", path.read_text(), flags=re.M
+    )
+    if count != 1:
+        raise click.ClickException(f"{path}: expected one reference_elpd line, found {count}")
+    path.write_text(text)
 
 
 @click.group()
@@ -91,11 +97,15 @@ def refresh_prompts_command(names: tuple[str, ...]) -> None:
 
 
 @main.command("reference-elpd")
-@click.argument("names", nargs=-1, required=True)
-def reference_elpd_command(names: tuple[str, ...]) -> None:
-    for name in names:
-        elpd, se = reference_elpd(name)
-        click.echo(f"{name}: reference_elpd: {elpd:.2f}  (se {se:.2f})")
+@click.argument("names", nargs=-1)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--write", is_flag=True, help="Store each ELPD in its spec's reference_elpd line.")
+def reference_elpd_command(names: tuple[str, ...], workers: int, write: bool) -> None:
+    for name, score in score_references(names or env_names(), workers).items():
+        verdict = f"reference_elpd: {score.elpd_loo:.2f}" if score.ok else "FAILED"
+        click.echo(f"{name}: {verdict}  {json.dumps(score.to_dict())}")
+        if write and score.ok:
+            store_reference_elpd(name, score.elpd_loo)
 
 
 if __name__ == "__main__":
