@@ -89,7 +89,6 @@ def bench_train(
     """Steps/s, sampling and learning tokens/s, and the learner's wait for the judge."""
     from synthstats.config import ConfigError, resolve
 
-    run_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="bench-train-"))
     arguments = [
         "runner=local",
         f"policy={policy_name}",
@@ -97,7 +96,6 @@ def bench_train(
         f"runner.train.steps={steps}",
         f"runner.train.batch_size={batch_size}",
         f"runner.train.checkpoint_every={steps}",
-        f"output_dir={run_dir / 'run'}",
         *overrides,
     ]
     try:
@@ -108,6 +106,8 @@ def bench_train(
         raise click.UsageError(str(error)) from None
     from synthstats.train.run import run
 
+    run_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="bench-train-"))
+    config.output_dir = str(run_dir / "run")
     main = int(os.environ.get("RANK", "0")) == 0
     try:
         summary = run(config, show_progress=False)
