@@ -113,4 +113,4 @@ def main() -> None:
     },
 )
 def bench() -> None:
-    """Benchmarks: each measures a speed ratio against a baseline in the same run."""
+    """Benchmarks: judge throughput against a naive baseline, and training throughput."""
