@@ -79,3 +79,11 @@ def test_usage_errors_exit_non_zero_with_a_clear_message(args, complaint, progra
     result = CliRunner().invoke(main, ["score", *args])
     assert result.exit_code != 0
     assert complaint in result.output
+
+
+def test_human_line_of_a_fit_without_finite_diagnostics():
+    from synthstats.judge.cli import _describe
+    from synthstats.judge.score import Score
+
+    line = _describe(Score(ok=True, elpd_loo=-3.0, divergences=0), log_reward=0.5)
+    assert "elpd_loo=-3.00" in line and "se=n/a" in line and "pareto_k_max=n/a" in line

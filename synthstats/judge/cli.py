@@ -109,7 +109,12 @@ def _describe(result: Score, log_reward: float | None) -> str:
         return f"{result.error_kind}: {result.message} ({timing})"
     reward = f" log_reward={log_reward:.2f}" if log_reward is not None else ""
     return (
-        f"elpd_loo={result.elpd_loo:.2f} se={result.se:.2f} p_loo={result.p_loo:.2f} "
-        f"pareto_k_max={result.pareto_k_max:.2f} divergences={result.divergences}"
+        f"elpd_loo={result.elpd_loo:.2f} se={_shown(result.se)} p_loo={_shown(result.p_loo)} "
+        f"pareto_k_max={_shown(result.pareto_k_max)} divergences={result.divergences}"
         f"{reward} ({timing})"
     )
+
+
+def _shown(value: float | None) -> str:
+    """arviz may return no finite diagnostic for a valid fit; show that rather than crash."""
+    return "n/a" if value is None else f"{value:.2f}"
