@@ -276,11 +276,13 @@ def bwrap_prefix(work_dir: Path) -> list[str]:
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
+    # The private /tmp comes first: a Python installation under /tmp (a venv in a checkout
+    # there) is then bound on top of it instead of being hidden by it.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in _python_paths():
         for parent in reversed(Path(path).parents[:-1]):  # bwrap would make them 0700
             argv += ["--perms", "0755", "--dir", str(parent)]
         argv += ["--ro-bind", path, path]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     argv += ["--bind", str(work_dir), str(work_dir), "--chdir", str(work_dir)]
     argv += ["--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
     argv += ["--die-with-parent", "--new-session"]
