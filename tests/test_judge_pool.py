@@ -155,7 +155,16 @@ def test_an_exception_in_the_caller_leaves_no_processes():
     assert descendants() <= before
 
 
-def test_ctrl_c_leaves_no_processes():
+@pytest.fixture
+def interactive_sigint():
+    """A shell that starts pytest in the background ignores SIGINT, and Python then never
+    raises KeyboardInterrupt: restore the interactive behaviour the Ctrl-C test is about."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_leaves_no_processes(interactive_sigint):
     before = descendants()
     timer = threading.Timer(4, os.kill, (os.getpid(), signal.SIGINT))
     start = time.perf_counter()
