@@ -203,19 +203,25 @@ class LocalBackend:
         )
         return metrics
 
-    @torch.no_grad()
-    def sequence_log_probs(
+    def _pack_for_scoring(
         self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
-    ) -> Tensor:
-        """Sum of each completion's token log P_F at temperature 1 under the policy: [B]."""
-        self.module.eval()
-        inputs = pack_trajectories(
+    ):
+        """Trajectories scored without a prompt key (no log Z or flow is read)."""
+        return pack_trajectories(
             [""] * len(prompt_ids),
             prompt_ids,
             completion_ids,
             pad_id=self.tokenizer.pad_token_id,
             device=self.device,
         )
+
+    @torch.no_grad()
+    def sequence_log_probs(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> Tensor:
+        """Sum of each completion's token log P_F at temperature 1 under the policy: [B]."""
+        self.module.eval()
+        inputs = self._pack_for_scoring(prompt_ids, completion_ids)
         states = self.module._final_states(inputs)
         log_pf = self.module._log_pf(states, inputs)
         return torch.where(inputs.mask, log_pf, 0.0).sum(-1).float().cpu()
@@ -225,13 +231,7 @@ class LocalBackend:
         self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
     ) -> Tensor:
         self.module.eval()
-        inputs = pack_trajectories(
-            [""] * len(prompt_ids),
-            prompt_ids,
-            completion_ids,
-            pad_id=self.tokenizer.pad_token_id,
-            device=self.device,
-        )
+        inputs = self._pack_for_scoring(prompt_ids, completion_ids)
         scores = self.module(inputs, reference=True)
         span = think_span_mask(inputs.completion_ids, inputs.mask, think_end_id=self.think_end_id)
         return think_log_prob(scores.log_pf, span).cpu()

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -69,7 +70,20 @@ def write_mock_model(folder: Path) -> None:
 
 
 def mock_model_folder(cache_root: Path | None = None) -> Path:
-    """The mock model's folder under the cache, written once and atomically.
+    """The mock model's folder under the cache, written once and atomically."""
+    return cached_model_folder(
+        "mock-models", "qwen3-tiny", [MOCK_ARCHITECTURE, MOCK_SEED], write_mock_model, cache_root
+    )
+
+
+def cached_model_folder(
+    kind: str,
+    name: str,
+    spec: object,
+    write: Callable[[Path], None],
+    cache_root: Path | None = None,
+) -> Path:
+    """A model folder under the cache named by a digest of `spec`, written once by `write`.
 
     Several processes (ranks, test workers) may race to create it: each writes into a
     private temporary folder and renames it into place; the losers discard theirs.
@@ -77,16 +91,14 @@ def mock_model_folder(cache_root: Path | None = None) -> Path:
     root = cache_root or Path(
         os.environ.get("SYNTHSTATS_CACHE", Path.home() / ".cache" / "synthstats")
     )
-    digest = hashlib.sha256(
-        json.dumps([MOCK_ARCHITECTURE, MOCK_SEED], sort_keys=True).encode()
-    ).hexdigest()[:12]
-    folder = root / "mock-models" / f"qwen3-tiny-{digest}"
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    folder = root / kind / f"{name}-{digest}"
     if (folder / "config.json").is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
-        write_mock_model(staging)
+        write(staging)
         os.rename(staging, folder)
     except OSError:
         if not (folder / "config.json").is_file():

@@ -18,7 +18,6 @@ not a timed test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import click
+
+from synthstats.backends.mock_model import cached_model_folder
 
 # Published architectures (the models' config.json on the Hugging Face hub).
 PUBLISHED_ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -170,24 +171,12 @@ def random_init_folder(policy) -> Path:
             f"--random-init knows the architectures of {', '.join(PUBLISHED_ARCHITECTURES)} "
             f"(policy.kind hf); got policy.kind={policy.kind} model_name={policy.model_name!r}"
         )
-    root = Path(os.environ.get("SYNTHSTATS_CACHE", Path.home() / ".cache" / "synthstats"))
-    digest = hashlib.sha256(
-        json.dumps([architecture, RANDOM_INIT_SEED], sort_keys=True).encode()
-    ).hexdigest()[:12]
-    folder = root / "random-init" / f"{policy.model_name.split('/')[-1]}-{digest}"
-    if (folder / "config.json").is_file():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
-    try:
-        _write_random_model(staging, architecture)
-        os.rename(staging, folder)
-    except OSError:
-        if not (folder / "config.json").is_file():
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
+    return cached_model_folder(
+        "random-init",
+        policy.model_name.split("/")[-1],
+        [architecture, RANDOM_INIT_SEED],
+        lambda folder: _write_random_model(folder, architecture),
+    )
 
 
 def _write_random_model(folder: Path, architecture: dict[str, Any]) -> None:
