@@ -13,7 +13,11 @@ sends, AdamW steps and checkpoints really happen:
   (over the non-zero weights only, which changes nothing but the cost). A failed
   forward-backward poisons the training client, as in the SDK.
 - optim_step: records the gradient it applies (before clipping), then steps AdamW.
-- save_weights_and_get_sampling_client: a snapshot of the weights at that moment.
+- save_weights_and_get_sampling_client: a snapshot of the weights at that moment;
+  save_weights_for_sampler stores one under its path, which create_sampling_client(model_path=)
+  serves.
+- compute_logprobs: the sampler's own forward pass, at temperature 1 as in the SDK (which
+  sends SamplingParams' default temperature); prompt_logprobs_last_n scores only that suffix.
 
 `events` lists every submission and wait in order; `failures[request]` holds errors (or
 HANG) that the next requests of that name answer with.
@@ -74,6 +78,7 @@ class FakeServer:
         self.failures: dict[str, list[Any]] = defaultdict(list)
         self.applied_grads: list[dict[str, Tensor]] = []
         self.checkpoints: dict[str, dict[str, Any]] = {}
+        self.sampler_weights: dict[str, tuple[nn.Module, int]] = {}
         self.lora_requests: list[dict[str, Any]] = []
         self.sample_versions: list[int] = []
         self._ids = itertools.count()
@@ -148,7 +153,14 @@ class FakeService:
     def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None
     ) -> FakeFuture:
-        assert model_path is None and base_model in self.server.models
+        if model_path is not None:
+
+            def saved() -> FakeSamplingClient:
+                lm, version = self.server.sampler_weights[model_path]
+                return FakeSamplingClient(self.server, lm, version=version)
+
+            return self.server.submit("create_sampling_client", saved)
+        assert base_model in self.server.models
         return self.server.submit(
             "create_sampling_client",
             lambda: FakeSamplingClient(self.server, self.server.base_lm, version=-1, base=True),
@@ -175,22 +187,11 @@ class FakeTrainingClient:
         return future
 
     def _logprobs(self, datum: types.Datum, positions: Tensor | None = None) -> Tensor:
-        """log p(target_tokens[i] | model_input[:i+1]) at `positions` (default: all).
-
-        The LM head (151k outputs) runs only at those positions, in chunks: the backward
-        needs just the weighted ones, and a long prompt's full logits would cost seconds.
-        """
-        tokens = torch.tensor([datum.model_input.to_ints()])
+        """log p(target_tokens[i] | model_input[:i+1]) at `positions` (default: all)."""
         targets = datum.loss_fn_inputs["target_tokens"].to_torch().long()
         if positions is None:
             positions = torch.arange(len(targets))
-        model = self.lm.get_base_model()
-        hidden = model.get_decoder()(input_ids=tokens).last_hidden_state[0]
-        chunks = []
-        for chunk in positions.split(128):
-            logits = model.get_output_embeddings()(hidden[chunk]).float()
-            chunks.append(logits.log_softmax(-1).gather(-1, targets[chunk, None]).squeeze(-1))
-        return torch.cat(chunks)
+        return token_logprobs(self.lm, datum.model_input.to_ints(), targets, positions)
 
     def forward_backward_custom(self, data: list[types.Datum], loss_fn: Any) -> FakeFuture:
         def run() -> types.ForwardBackwardOutput:
@@ -251,10 +252,12 @@ class FakeTrainingClient:
         return self._submit("save_state", run)
 
     def save_weights_for_sampler(self, name: str) -> FakeFuture:
-        path = f"tinker://{self.run_id}/sampler_weights/{name}"
-        return self._submit(
-            "save_weights_for_sampler", lambda: types.SaveWeightsForSamplerResponse(path=path)
-        )
+        def run() -> types.SaveWeightsForSamplerResponse:
+            path = f"tinker://{self.run_id}/sampler_weights/{name}"
+            self.server.sampler_weights[path] = (copy.deepcopy(self.lm), self.version)
+            return types.SaveWeightsForSamplerResponse(path=path)
+
+        return self._submit("save_weights_for_sampler", run)
 
     def save_weights_and_get_sampling_client(self) -> FakeFuture:
         return self._submit(
@@ -303,12 +306,36 @@ class FakeSamplingClient:
 
         return self.server.submit("sample", run)
 
-    def compute_logprobs(self, prompt: types.ModelInput) -> FakeFuture:
+    def compute_logprobs(
+        self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None
+    ) -> FakeFuture:
+        tokens = prompt.to_ints()
+        first = 1 if prompt_logprobs_last_n is None else len(tokens) - prompt_logprobs_last_n
+        assert 1 <= first < len(tokens), "the SDK refuses this prompt_logprobs_last_n"
+
         def run() -> list[float | None]:
-            tokens = prompt.to_ints()
+            targets = torch.tensor(tokens[1:])
             with torch.no_grad(), self._adapter():
-                logits = self.lm(input_ids=torch.tensor([tokens])).logits[0].float()
-            scores = logits[:-1].log_softmax(-1).gather(-1, torch.tensor(tokens[1:])[:, None])
-            return [None, *scores.squeeze(-1).tolist()]
+                scores = token_logprobs(
+                    self.lm, tokens[:-1], targets, torch.arange(first - 1, len(targets))
+                )
+            return [None] * first + scores.tolist()
 
         return self.server.submit("compute_logprobs", run)
+
+
+def token_logprobs(
+    lm: nn.Module, tokens: Sequence[int], targets: Tensor, positions: Tensor
+) -> Tensor:
+    """log p(targets[i] | tokens[:i+1]) at `positions`, at temperature 1.
+
+    The LM head (151k outputs) runs only at those positions, in chunks: the backward needs
+    just the weighted ones, and a long prompt's full logits would cost seconds.
+    """
+    model = lm.get_base_model()
+    hidden = model.get_decoder()(input_ids=torch.tensor([list(tokens)])).last_hidden_state[0]
+    chunks = []
+    for chunk in positions.split(128):
+        logits = model.get_output_embeddings()(hidden[chunk]).float()
+        chunks.append(logits.log_softmax(-1).gather(-1, targets[chunk, None]).squeeze(-1))
+    return torch.cat(chunks)

@@ -173,6 +173,20 @@ def test_gradients_and_loss_match_the_local_backend(make_backend):
         assert hosted_metrics[key] == pytest.approx(local_metrics[key], rel=1e-5), key
 
 
+def test_sequence_log_probs_match_the_local_backend(make_backend):
+    """Same weights, same trajectories: the summed completion log-probs eval reads from the
+    Tinker sampler (compute_logprobs) equal the local backend's, at temperature 1."""
+    local = perturbed_local(config_for("local"))
+    hosted = make_backend(fake=FakeServer(copy.deepcopy(local.module.lm)))
+    batch = two_trajectories(local)
+
+    expected = local.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
+    scored = hosted.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
+
+    assert scored.shape == (2,) and bool((expected < -1.0).all())
+    torch.testing.assert_close(scored, expected, rtol=1e-6, atol=1e-4)
+
+
 def test_step_submits_the_optimizer_step_before_waiting_and_refreshes_the_sampler(
     make_backend, server
 ):
@@ -364,7 +378,11 @@ def test_save_and_load_restore_both_sides(make_backend, server, tmp_path):
     assert torch.equal(second.log_z.values, first.log_z.values)
     prompt = first.render_prompt(MESSAGES)
     assert second.sample("dugongs", prompt, [1.0]) == first.sample("dugongs", prompt, [1.0])
+    # Sampling after a load reads the recorded sampler weights; training restores the state.
+    restore = "submit create_training_client_from_state_with_optimizer"
+    assert "submit create_sampling_client" in server.events and restore not in server.events
     again = [backend.train_step(batch, objective) for backend in (first, second)]
+    assert restore in server.events
     assert again[0]["loss"] == pytest.approx(again[1]["loss"], rel=1e-6)
     assert again[0]["log_z"] == pytest.approx(again[1]["log_z"], rel=1e-6)
 

@@ -297,7 +297,18 @@ class TinkerBackend:
         self.optimizer.step()
         return metrics
 
-    # ---- thinking: latent ---------------------------------------------------------------
+    # ---- scoring: eval and thinking: latent -------------------------------------------
+
+    @torch.no_grad()
+    def sequence_log_probs(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> Tensor:
+        """[B] sum of each completion's token log-probs at temperature 1, scored by the very
+        sampler `sample` draws from, so eval's importance weights use the sampling policy."""
+        rows = self._completion_log_probs(
+            self._sampling_client(), prompt_ids, completion_ids, "sequence log-probs"
+        )
+        return torch.stack([row.sum() for row in rows])
 
     @torch.no_grad()
     def reference_think_log_prob(
@@ -311,21 +322,9 @@ class TinkerBackend:
                 "reference sampling client",
                 self.retry,
             )
-        reference = self._reference
-        sequences = [
-            types.ModelInput.from_ints([*prompt, *completion])
-            for prompt, completion in zip(prompt_ids, completion_ids, strict=True)
-        ]
-
-        def attempt() -> list[Any]:
-            futures = [reference.compute_logprobs(sequence) for sequence in sequences]
-            return [wait(future, "reference log-probs", self.retry.timeout_s) for future in futures]
-
-        scored = with_retries(attempt, "reference log-probs", self.retry)
-        rows = [
-            scored_completion(values, len(prompt), len(completion))
-            for values, prompt, completion in zip(scored, prompt_ids, completion_ids, strict=True)
-        ]
+        rows = self._completion_log_probs(
+            self._reference, prompt_ids, completion_ids, "reference log-probs"
+        )
         lengths = [len(row) for row in rows]
         ref_log_probs = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
         mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
@@ -333,6 +332,36 @@ class TinkerBackend:
             padded_completions(completion_ids), mask, think_end_id=self.chat.think_end_id
         )
         return think_log_prob(ref_log_probs, span)
+
+    def _completion_log_probs(
+        self,
+        client: Any,
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+        what: str,
+    ) -> list[Tensor]:
+        """Per completion, [C] log p(token | prompt, earlier tokens) from a sampling client.
+
+        Only the completion is scored (prompt_logprobs_last_n), so the service can serve the
+        shared prompt from its prefix cache; all requests go out before any is awaited.
+        """
+        sequences = [
+            types.ModelInput.from_ints([*prompt, *completion])
+            for prompt, completion in zip(prompt_ids, completion_ids, strict=True)
+        ]
+
+        def attempt() -> list[Any]:
+            futures = [
+                client.compute_logprobs(sequence, prompt_logprobs_last_n=len(completion))
+                for sequence, completion in zip(sequences, completion_ids, strict=True)
+            ]
+            return [wait(future, what, self.retry.timeout_s) for future in futures]
+
+        scored = with_retries(attempt, what, self.retry)
+        return [
+            scored_completion(values, len(prompt), len(completion))
+            for values, prompt, completion in zip(scored, prompt_ids, completion_ids, strict=True)
+        ]
 
     # ---- checkpoints --------------------------------------------------------------------
 
@@ -395,13 +424,9 @@ class TinkerBackend:
         if self.optimizer is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["sampling_rng"])
-        self._training = request(
-            lambda: self.connection.service.create_training_client_from_state_with_optimizer(
-                saved["state_path"]
-            ),
-            "training client from checkpoint",
-            self.retry,
-        )
+        # The service clients come lazily: sampling (synthstats eval) needs only the
+        # checkpoint's sampler weights; the first training step restores the training state.
+        self._training = None
         self.steps = state["steps"]
         self._saved = saved
         self._sampler = None
@@ -410,6 +435,16 @@ class TinkerBackend:
     # ---- service clients ----------------------------------------------------------------
 
     def _training_client(self) -> Any:
+        if self._training is None and self._saved is not None:
+            # Saved but no training client: a loaded checkpoint, whose state it resumes.
+            path = self._saved["state_path"]
+            self._training = request(
+                lambda: self.connection.service.create_training_client_from_state_with_optimizer(
+                    path
+                ),
+                "training client from checkpoint",
+                self.retry,
+            )
         if self._training is None:
             self._training = request(
                 lambda: self.connection.service.create_lora_training_client(
@@ -424,6 +459,14 @@ class TinkerBackend:
         return self._training
 
     def _sampling_client(self) -> Any:
+        if self._sampler is None and self._training is None and self._saved is not None:
+            # A loaded checkpoint not trained on yet: its recorded sampler weights.
+            path = self._saved["sampler_path"]
+            self._sampler = request(
+                lambda: self.connection.service.create_sampling_client(model_path=path),
+                "sampler from checkpoint",
+                self.retry,
+            )
         if self._sampler is None:
             self._sampler = self._refresh_sampler()
         return self._sampler
