@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import os
 from concurrent.futures import Future
 
@@ -513,3 +514,58 @@ def test_cli_trains_and_resumes_with_runner_tinker(server, monkeypatch, tmp_path
     assert [line["step"] for line in metrics] == [0, 1, 2]
     for path in run_dir.rglob("*"):
         assert not path.is_file() or FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_eval_of_a_tinker_run_samples_and_scores_its_recorded_sampler(
+    server, monkeypatch, tmp_path
+):
+    """synthstats eval on a runner=tinker run (real judge): the checkpoint's sampler weights
+    sample and score, with no training client, and every field is filled, log-probs included."""
+    from click.testing import CliRunner
+
+    from synthstats.cli import main, train
+    from synthstats.train.checkpoint import latest_checkpoint
+
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    monkeypatch.setattr("synthstats.backends.tinker.connect", server.connection)
+    run_dir = tmp_path / "run"
+    arguments = [
+        "runner=tinker",
+        "policy=tinker",
+        "env=dugongs",
+        "judge=fast",
+        "judge.workers=1",
+        "runner.train.steps=1",
+        "runner.train.batch_size=2",
+        "runner.train.checkpoint_every=1",
+        "policy.max_new_tokens=6",
+        "policy.lora_dropout=0.0",
+        f"output_dir={run_dir}",
+        "--no-progress",
+    ]
+    trained = CliRunner().invoke(train, arguments)
+    assert trained.exit_code == 0, trained.output
+    before = len(server.events)
+
+    result = CliRunner().invoke(main, ["eval", str(run_dir), "--samples", "5", "--json"])
+    assert result.exit_code == 0, result.output
+
+    events = server.events[before:]
+    assert "submit create_sampling_client" in events and "submit compute_logprobs" in events
+    assert not any("training_client" in event for event in events), events
+    report = json.loads((run_dir / "eval_report.json").read_text())
+    assert report["policy_kind"] == "tinker" and report["step"] == 1 and report["samples"] == 5
+    assert report["validity_rate"] == report["valid"] / report["samples"]
+    assert sum(report["error_kinds"].values()) == report["samples"] - report["valid"]
+    assert sum(report["reward_histogram"]["counts"]) == report["samples"]
+    assert report["unique_valid_programs"] <= report["unique_programs"] <= report["samples"]
+    assert (report["best_elpd"] is None) == (report["valid"] == 0)
+    assert (report["best_program"] is None) == (report["valid"] == 0)
+    assert (report["spearman_logp_logr"] is None) == (report["unique_valid_programs"] < 2)
+    state = torch.load(latest_checkpoint(run_dir) / "policy" / STATE_FILE, weights_only=True)
+    assert report["learned_log_z"] == pytest.approx(float(state["log_z"]["values"][0, 0]))
+    for field in ("is_log_z", "is_log_z_se", "reward_temperature", "log_reward_mean"):
+        assert report[field] is not None and math.isfinite(report[field]), field
+    assert report["is_log_z_se"] >= 0
+    for plot in ("eval_reward_histogram.png", "eval_logp_vs_logr.png"):
+        assert (run_dir / plot).stat().st_size > 0, plot

@@ -1,18 +1,25 @@
-"""`synthstats eval RUN_DIR` on a short mock run: the report's fields, its plots, its errors."""
+"""`synthstats eval RUN_DIR` on a short mock run: the report's fields, its plots, its errors;
+and the log p it reads for a latent-thinking policy."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
+from synthstats.backends import build_backend
 from synthstats.cli import main, train
+from synthstats.config import Config
 from synthstats.envs import get_env
+from synthstats.eval.evaluate import program_log_probs
 from synthstats.eval.metrics import importance_log_partition
+from synthstats.train.loop import objective_log_reward
 
 pytestmark = pytest.mark.slow
 
@@ -133,3 +140,55 @@ def test_eval_of_a_slot_run_reports_the_validation_jobs_exact_metrics(tmp_path):
     assert last["policy"] == "gflownet" and last["step"] == 2
     for key in ("tv", "kl", "logz_error", "spearman"):
         assert report["exact"][key] == pytest.approx(last[key], abs=1e-6), key
+
+
+def test_eval_log_p_of_a_latent_thinking_policy_is_what_training_matched_to_log_r():
+    """thinking: latent trains log Z + log P_F(z, x) towards log R(x) + log p_ref(z | prompt),
+    so eval's log p of a program is log P_F(z, x) - log p_ref(z): the policy's summed token
+    log-probs (adapter on) less the think span's under the base model (adapter off)."""
+    config = Config()
+    config.policy.thinking = "latent"
+    config.policy.lora_dropout = 0.0
+    backend = build_backend(config)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # LoRA B starts at zero: move it so the policy is not p_ref
+        for name, param in backend.module.lm.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    prompt = backend.render_prompt(get_env("dugongs").render_prompt())
+    completions = [
+        backend.tokenize_completion("<think>\nnormal\n</think>\n\nx = 1"),
+        backend.tokenize_completion("<think>\n</think>\n\ny = 2"),
+    ]
+    log_reward = [-3.0, 1.5]
+    think_end = backend.tokenizer.convert_tokens_to_ids("</think>")
+
+    def summed(completion: list[int], *, adapter: bool, stop: int | None = None) -> float:
+        with torch.no_grad(), contextlib.ExitStack() as stack:
+            if not adapter:
+                stack.enter_context(backend.module.lm.disable_adapter())
+            logits = backend.module.lm(input_ids=torch.tensor([prompt + completion])).logits[0]
+        steps = logits[len(prompt) - 1 : -1].float().log_softmax(-1)
+        chosen = steps.gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+        return float(chosen[:stop].sum())
+
+    log_pf = [summed(ids, adapter=True) for ids in completions]
+    think = [summed(ids, adapter=False, stop=ids.index(think_end) + 1) for ids in completions]
+    assert all(value < -1.0 for value in think)
+    latent = program_log_probs(backend, "latent", prompt, completions, log_reward)
+    assert latent == pytest.approx([p - z for p, z in zip(log_pf, think, strict=True)], rel=1e-5)
+    off = program_log_probs(backend, "off", prompt, completions, log_reward)
+    assert off == pytest.approx(log_pf, rel=1e-5)
+
+    # The learner's target, from the same function: its residual is eval's.
+    target = objective_log_reward(
+        backend,
+        "latent",
+        torch.tensor(log_reward, dtype=torch.float64),
+        [prompt] * 2,
+        completions,
+    )
+    residual = torch.tensor(log_pf, dtype=torch.float64) - target
+    assert [p - r for p, r in zip(latent, log_reward, strict=True)] == pytest.approx(
+        residual.tolist(), rel=1e-5
+    )

@@ -3,8 +3,9 @@
 Loads the run's policy from a checkpoint, samples N completions for the env's prompt at
 temperature 1, scores them with the judge pool and reports validity, diversity, reward and
 calibration (Spearman of log p_theta against log R; learned log Z against an
-importance-sampling estimate of log sum R). For policy=slot runs, whose p_theta is
-enumerable, it reports the exact metrics of the validation job instead.
+importance-sampling estimate of log sum R), with log p_theta the quantity training matched to
+log R (for thinking: latent, less the think span's log p_ref). For policy=slot runs, whose
+p_theta is enumerable, it reports the exact metrics of the validation job instead.
 
 Writes RUN_DIR/eval_report.json and two PNGs (reward histogram; log p against log R).
 """
@@ -19,11 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from synthstats.backends.base import PolicyBackend
 from synthstats.errors import UserFacingError
 from synthstats.eval.metrics import importance_log_partition, spearman
 from synthstats.judge.extract import extract_program
+from synthstats.objectives import ThinkingMode
 from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
+from synthstats.train.loop import objective_log_reward
 
 REPORT_NAME = "eval_report.json"
 HISTOGRAM_PLOT = "eval_reward_histogram.png"
@@ -137,7 +142,13 @@ def _sampled_report(config, run_dir: Path, checkpoint: Path, step: int, samples:
             elpd, ok, reference_elpd=env.reference_elpd, step=step, cfg=config.objective.reward
         )
     ]
-    log_p = _log_probs(backend, prompt_ids, [rollout.completion_ids for rollout in rollouts])
+    log_p = program_log_probs(
+        backend,
+        config.policy.thinking,
+        prompt_ids,
+        [rollout.completion_ids for rollout in rollouts],
+        log_reward,
+    )
     programs = [normalise_program(rollout.text) for rollout in rollouts]
 
     valid = [index for index, good in enumerate(ok) if good]
@@ -187,10 +198,20 @@ def _sampled_report(config, run_dir: Path, checkpoint: Path, step: int, samples:
     return report
 
 
-def _log_probs(
-    backend, prompt_ids: Sequence[int], completion_ids: Sequence[Sequence[int]]
+def program_log_probs(
+    backend: PolicyBackend,
+    thinking: ThinkingMode,
+    prompt_ids: Sequence[int],
+    completion_ids: Sequence[Sequence[int]],
+    log_reward: Sequence[float],
 ) -> list[float] | None:
-    """Sum of token log p_theta per completion, or None if the backend cannot score."""
+    """Per completion, the log-prob training matched to log R(x) - log Z, or None if the
+    backend cannot score sequences.
+
+    That is the summed token log p_theta less what the objective adds to log R on top of the
+    program's own (the think span's log p_ref for thinking: latent), so Spearman and the
+    importance-sampling estimate measure the policy against the target it was trained on.
+    """
     scorer = getattr(backend, "sequence_log_probs", None)
     if scorer is None:
         return None
@@ -198,14 +219,18 @@ def _log_probs(
     chunk = 16
     for start in range(0, len(completion_ids), chunk):
         part = completion_ids[start : start + chunk]
-        values.extend(float(v) for v in scorer([list(prompt_ids)] * len(part), part))
+        prompts = [list(prompt_ids)] * len(part)
+        program = torch.tensor(log_reward[start : start + chunk], dtype=torch.float64)
+        target = objective_log_reward(backend, thinking, program, prompts, part)
+        log_pf = scorer(prompts, part).to(torch.float64)
+        values.extend(float(v) for v in log_pf - (target - program))
     return values
 
 
 def _learned_log_z(backend, prompt_key: str, run_dir: Path) -> float | None:
-    """The policy's learned log Z for the prompt; else the last log_z in metrics.jsonl."""
-    module = getattr(backend, "module", None)
-    table = getattr(module, "log_z", None)
+    """The checkpoint's learned log Z for the prompt (a table in the local policy's module,
+    on the Tinker backend itself); else the last log_z in metrics.jsonl."""
+    table = getattr(getattr(backend, "module", backend), "log_z", None)
     if table is not None:
         try:
             return float(table([prompt_key]).detach().reshape(-1)[0])

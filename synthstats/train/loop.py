@@ -34,7 +34,12 @@ from synthstats.config import Config
 from synthstats.envs.base import Env
 from synthstats.judge.extract import extract_program
 from synthstats.judge.score import Score
-from synthstats.objectives import Objective, latent_think_log_reward, temperature_at
+from synthstats.objectives import (
+    Objective,
+    ThinkingMode,
+    latent_think_log_reward,
+    temperature_at,
+)
 from synthstats.objectives.reward import tempered_log_reward
 from synthstats.replay import ReplayBuffer, ReplayItem, program_hash
 from synthstats.train.checkpoint import save_checkpoint
@@ -306,13 +311,13 @@ class Trainer:
         )
 
     def _log_rewards(self, items: Sequence[ReplayItem], step: int) -> torch.Tensor:
-        rewards = self._program_log_rewards(items, step)
-        if self.config.policy.thinking == "latent":
-            think = self.backend.reference_think_log_prob(
-                [self.prompt_ids for _ in items], [item.completion_ids for item in items]
-            )
-            rewards = latent_think_log_reward(rewards, think.to(rewards.dtype))
-        return rewards
+        return objective_log_reward(
+            self.backend,
+            self.config.policy.thinking,
+            self._program_log_rewards(items, step),
+            [self.prompt_ids for _ in items],
+            [item.completion_ids for item in items],
+        )
 
     def _program_log_rewards(self, items: Sequence[ReplayItem], step: int) -> torch.Tensor:
         rewards = tempered_log_reward(
@@ -329,6 +334,25 @@ class Trainer:
     def _item_log_reward(self, step: int) -> Callable[[ReplayItem], float]:
         """The program's log R at this step's temperature, for replay priority and eviction."""
         return lambda item: float(self._program_log_rewards([item], step)[0])
+
+
+def objective_log_reward(
+    backend: PolicyBackend,
+    thinking: ThinkingMode,
+    program_log_reward: torch.Tensor,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """[B] the log R that training matches log P_F(z, x) + log Z to: the program's, plus the
+    think span's log p_ref(z | prompt) for thinking: latent (objectives/thinking.py).
+
+    One definition for the learner and for `synthstats eval`, which must judge the policy
+    against the very target it was trained on.
+    """
+    if thinking != "latent":
+        return program_log_reward
+    think = backend.reference_think_log_prob(prompt_ids, completion_ids)
+    return latent_think_log_reward(program_log_reward, think.to(program_log_reward.dtype))
 
 
 def _with_truncations(rollouts: Sequence[Rollout], scored: Future[list[Score]]) -> Future:
