@@ -352,7 +352,7 @@ class TinkerBackend:
 
         def attempt() -> list[Any]:
             futures = [
-                client.compute_logprobs(sequence, prompt_logprobs_last_n=len(completion))
+                client.compute_logprobs(sequence, prompt_logprobs_last_n=len(completion) or None)
                 for sequence, completion in zip(sequences, completion_ids, strict=True)
             ]
             return [wait(future, what, self.retry.timeout_s) for future in futures]

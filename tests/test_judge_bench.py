@@ -1,0 +1,33 @@
+"""`synthstats bench judge`: one real run of both paths, and the numbers it reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from synthstats.cli import main
+
+
+@pytest.mark.slow
+def test_bench_judge_scores_the_same_programs_both_ways_and_reports_the_ratio():
+    result = CliRunner().invoke(
+        main, ["bench", "judge", "--env", "dugongs", "--programs", "2", "--workers", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    assert numbers["programs"] == 2 and numbers["workers"] == 1
+    assert numbers["compile_cache"] == "warm"
+    assert numbers["not_ok"] == []
+    # same seed, same budget, same compiled code: both paths score identically
+    assert numbers["max_elpd_difference"] == 0.0
+    assert numbers["naive_per_min"] > 0 and numbers["pool_per_min"] > 0
+    assert numbers["ratio"] == pytest.approx(numbers["pool_per_min"] / numbers["naive_per_min"])
+    assert 0 < numbers["cache_hit_ms"] < 1000
+
+
+def test_bench_judge_rejects_an_unknown_env_with_the_names_it_knows():
+    result = CliRunner().invoke(main, ["bench", "judge", "--env", "dugong"])
+    assert result.exit_code == 2
+    assert "dugongs" in result.output
