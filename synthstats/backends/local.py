@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthstats.backends.base import Rollout, TrainBatch
-from synthstats.backends.policy_module import PolicyWithFlows, pack_trajectories
+from synthstats.backends.policy_module import PolicyWithFlows, objective_loss, pack_trajectories
 from synthstats.backends.sampling import sample_completions
 from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
 from synthstats.objectives import (
@@ -44,7 +44,6 @@ from synthstats.objectives import (
     build_objective,
     think_log_prob,
     think_span_mask,
-    vargrad_log_z,
 )
 from synthstats.train.distributed import Distributed
 
@@ -182,14 +181,7 @@ class LocalBackend:
         )
         scores = self.wrapped(inputs)
         log_reward = batch.log_reward.to(self.device, torch.float32)
-        log_z = scores.log_z
-        if log_z is None:
-            log_z = vargrad_log_z(
-                scores.log_pf, scores.mask, log_reward=log_reward, prompt_keys=batch.prompt_keys
-            )
-        loss = objective(
-            scores.log_pf, scores.mask, scores.log_flow, log_reward=log_reward, log_z=log_z
-        )
+        loss, log_z = objective_loss(objective, scores, log_reward, batch.prompt_keys)
         self.optimizer.zero_grad(set_to_none=True)
         self.distributed.backward(loss)
         metrics = self.distributed.clip_gradients(self.optimizer, self.max_grad_norm)

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from synthstats.objectives import FlowInputs, LogZTable
+from synthstats.objectives import FlowInputs, LogZTable, Objective, vargrad_log_z
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,25 @@ class TrajectoryScores(NamedTuple):
     mask: Tensor  # [B, T] bool
     log_flow: Tensor | None  # [B, T+1], None without a flow estimator
     log_z: Tensor | None  # [B], None without a learned log Z table
+
+
+def objective_loss(
+    objective: Objective,
+    scores: TrajectoryScores,
+    log_reward: Tensor,
+    prompt_keys: Sequence[str],
+) -> tuple[Tensor, Tensor]:
+    """The objective's loss and the [B] log Z it used: the learned table's, or, for a policy
+    without one, VarGrad's estimate from this very batch. One place for every backend."""
+    log_z = scores.log_z
+    if log_z is None:
+        log_z = vargrad_log_z(
+            scores.log_pf, scores.mask, log_reward=log_reward, prompt_keys=prompt_keys
+        )
+    loss = objective(
+        scores.log_pf, scores.mask, scores.log_flow, log_reward=log_reward, log_z=log_z
+    )
+    return loss, log_z
 
 
 def pack_trajectories(

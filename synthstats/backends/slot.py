@@ -28,7 +28,12 @@ from torch import Tensor, nn
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
 from synthstats.backends.base import Rollout, TrainBatch
-from synthstats.backends.policy_module import ScoringInputs, TrajectoryScores, pack_trajectories
+from synthstats.backends.policy_module import (
+    ScoringInputs,
+    TrajectoryScores,
+    objective_loss,
+    pack_trajectories,
+)
 from synthstats.config import ObjectiveConfig, PolicyConfig, TrainConfig
 from synthstats.eval.spaces import ProgramSpace
 from synthstats.eval.spaces.grammar import Path as ProgramPath
@@ -39,7 +44,6 @@ from synthstats.objectives import (
     Objective,
     PrefixFlowNet,
     build_objective,
-    vargrad_log_z,
 )
 
 STATE_FILE = "slot_policy.pt"
@@ -226,14 +230,7 @@ class SlotBackend:
         self.module.train()
         scores = self.module(self._pack(batch.prompt_keys, batch.prompt_ids, batch.completion_ids))
         log_reward = batch.log_reward.to(self.device, torch.float32)
-        log_z = scores.log_z
-        if log_z is None:
-            log_z = vargrad_log_z(
-                scores.log_pf, scores.mask, log_reward=log_reward, prompt_keys=batch.prompt_keys
-            )
-        loss = objective(
-            scores.log_pf, scores.mask, scores.log_flow, log_reward=log_reward, log_z=log_z
-        )
+        loss, log_z = objective_loss(objective, scores, log_reward, batch.prompt_keys)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics = {

@@ -35,6 +35,7 @@ from tinker import types
 from torch import Tensor
 
 from synthstats.backends.base import Rollout, TrainBatch
+from synthstats.backends.policy_module import TrajectoryScores, objective_loss
 from synthstats.backends.tinker_chat import ChatTokens, load_tokenizer
 from synthstats.backends.tinker_connection import (
     TinkerConnection,
@@ -65,7 +66,6 @@ from synthstats.objectives import (
     build_objective,
     think_log_prob,
     think_span_mask,
-    vargrad_log_z,
 )
 
 CHECKPOINT_FILE = "tinker_checkpoint.json"
@@ -268,11 +268,9 @@ class TinkerBackend:
             log_flow = None
             if self.flow is not None:
                 log_flow = self.flow(FlowInputs(keys, completion_ids, mask))
-            if self.log_z is not None:
-                log_z = self.log_z(keys)
-            else:
-                log_z = vargrad_log_z(log_pf, mask, log_reward=log_reward, prompt_keys=keys)
-            loss = objective(log_pf, mask, log_flow, log_reward=log_reward, log_z=log_z)
+            learned = self.log_z(keys) if self.log_z is not None else None
+            scores = TrajectoryScores(log_pf, mask, log_flow, learned)
+            loss, log_z = objective_loss(objective, scores, log_reward, keys)
             log_pf_total = torch.where(mask, log_pf, 0.0).sum(-1)
             recorded.update(
                 loss=float(loss.detach()),
