@@ -64,7 +64,10 @@ def train(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, no
     if dry_run:
         click.echo(to_yaml(config), nl=False)
         return
-    from synthstats.train.run import run
+    if config.policy.kind == "slot":
+        from synthstats.eval.validation import run_validation as run
+    else:
+        from synthstats.train.run import run
 
     try:
         summary = run(config, show_progress=not no_progress)

@@ -32,7 +32,7 @@ def trainable_parameters(backend) -> dict[str, torch.Tensor]:
 
 
 def describe(dump_dir: Path) -> None:
-    from synthstats.train.distributed import Distributed
+    from synthstats.backends.distributed import Distributed
 
     distributed = Distributed.from_environment()
     setup = {"processes": distributed.world_size, "zero_stage": distributed.zero_stage}

@@ -7,8 +7,8 @@ import pytest
 
 from synthstats.envs import get_env
 from synthstats.envs.catalog import arrays_from_json, load_data_file, load_spec
-from synthstats.envs.maintain import data_file_text
 from synthstats.envs.simulate import GENERATORS
+from synthstats.maintain import data_file_text
 
 
 @pytest.mark.parametrize("name", sorted(GENERATORS))

@@ -54,7 +54,7 @@ def test_each_env_has_at_least_eight_demonstrations(name):
     for record in records:
         assert set(record) == {"prompt", "completion"}
         assert record["prompt"] == env.render_prompt(), (
-            "stale prompt: run python -m synthstats.envs.maintain refresh-prompts"
+            "stale prompt: run python -m synthstats.maintain refresh-prompts"
         )
         completion = record["completion"]
         assert completion.startswith("<think>") and "</think>" in completion

@@ -19,7 +19,7 @@ from synthstats.config import Config
 from synthstats.envs import get_env
 from synthstats.eval.evaluate import program_log_probs
 from synthstats.eval.metrics import importance_log_partition
-from synthstats.train.loop import objective_log_reward
+from synthstats.objectives import objective_log_reward
 
 pytestmark = pytest.mark.slow
 

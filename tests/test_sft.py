@@ -14,14 +14,14 @@ from synthstats.cli import train
 from synthstats.config import Config, resolve
 from synthstats.envs import get_env
 from synthstats.judge.pool import JudgePool
-from synthstats.sft import (
+from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
+from synthstats.train.sft import (
     DemonstrationError,
     read_demonstrations,
     resolve_data_path,
     strip_think,
     warmstart_items,
 )
-from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
 
 PROGRAM = (
     "import pymc as pm\nwith pm.Model() as model:\n"

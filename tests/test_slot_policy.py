@@ -11,12 +11,12 @@ import torch
 from synthstats.backends import TrainBatch, build_backend
 from synthstats.backends.slot import BOS, EOS, SlotBackend
 from synthstats.config import resolve
+from synthstats.envs.spaces import get_space
 from synthstats.eval.exact import space_metrics
 from synthstats.eval.metrics import total_variation
-from synthstats.eval.spaces import get_space
-from synthstats.eval.spaces.scores import load_scores
-from synthstats.eval.spaces.target import space_log_rewards, space_reference_elpd
+from synthstats.eval.target import space_log_rewards, space_reference_elpd
 from synthstats.judge.extract import extract_program
+from synthstats.judge.space_scores import load_scores
 from synthstats.objectives import build_objective
 
 ENV = "dugongs"

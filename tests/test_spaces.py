@@ -10,16 +10,9 @@ import pytest
 
 from synthstats.config import resolve
 from synthstats.envs import get_env
+from synthstats.envs.spaces import SPACES, Choice, ProgramSpace, Slot, get_space
 from synthstats.eval.metrics import target_probabilities, total_variation
-from synthstats.eval.spaces import SPACES, Choice, ProgramSpace, Slot, get_space
-from synthstats.eval.spaces.judge import ShippedScoresJudge
-from synthstats.eval.spaces.scores import (
-    BUDGET_FIELDS,
-    load_scores,
-    score_programs,
-    scores_path,
-)
-from synthstats.eval.spaces.target import (
+from synthstats.eval.target import (
     MAX_TOP_PROBABILITY,
     MIN_TV_FROM_UNIFORM,
     choose_temperature,
@@ -29,6 +22,13 @@ from synthstats.eval.spaces.target import (
 )
 from synthstats.judge.extract import extract_program
 from synthstats.judge.gate import check_program
+from synthstats.judge.shipped import ShippedScoresJudge
+from synthstats.judge.space_scores import (
+    BUDGET_FIELDS,
+    load_scores,
+    score_programs,
+    scores_path,
+)
 
 ENVS = ("dugongs", "eight_schools", "surgical", "peregrines")
 

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from synthstats.cli import train
 from synthstats.config import resolve
+from synthstats.envs.spaces import get_space
 from synthstats.eval.baseline import PolicyGradient
 from synthstats.eval.recipe import SLOT_LOG_Z_LR, SLOT_STEPS, apply_slot_recipe
-from synthstats.eval.spaces import get_space
 
 STEPS = 120
 # After STEPS steps of 8 (seed 0) the GFlowNet's TV to p* must have fallen by this much

@@ -9,7 +9,7 @@ from synthstats.backends.base import PolicyBackend, Rollout, TrainBatch
 from synthstats.config import Config, ConfigError
 
 if TYPE_CHECKING:
-    from synthstats.train.distributed import Distributed
+    from synthstats.backends.distributed import Distributed
 
 __all__ = ["PolicyBackend", "Rollout", "TrainBatch", "build_backend"]
 
@@ -44,7 +44,7 @@ def build_backend(
         )
     if kind == "slot":
         from synthstats.backends.slot import SlotBackend
-        from synthstats.eval.spaces import get_space
+        from synthstats.envs.spaces import get_space
 
         return SlotBackend(
             get_space(config.env.name),

@@ -9,7 +9,7 @@ group, never an empty one. Gradients are clipped per group, so the large early l
 residual does not shrink the policy's step.
 
 Bare or under `accelerate launch` (DDP, DeepSpeed ZeRO-2/3) alike: everything distributed
-goes through `synthstats.train.distributed.Distributed`. Each rank samples with its own
+goes through `synthstats.backends.distributed.Distributed`. Each rank samples with its own
 generator (seed + rank). Under DeepSpeed, DeepSpeed clips all groups together
 (runner.train.max_grad_norm) inside its step, and the optimizer state stays sharded.
 
@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthstats.backends.base import Rollout, TrainBatch
+from synthstats.backends.distributed import Distributed
 from synthstats.backends.policy_module import PolicyWithFlows, objective_loss, pack_trajectories
 from synthstats.backends.sampling import sample_completions
 from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
@@ -45,7 +46,6 @@ from synthstats.objectives import (
     think_log_prob,
     think_span_mask,
 )
-from synthstats.train.distributed import Distributed
 
 ADAPTER_DIR = "adapter"
 STATE_FILE = "policy_state.pt"

@@ -1,7 +1,7 @@
 """policy=slot: a tiny Qwen3 from scratch over a slot vocabulary, with p_theta exact.
 
 The vocabulary is PAD, BOS, EOS and one token per choice of each slot of an env's program
-space (synthstats/eval/spaces). The prompt is [BOS]; a completion is one choice token per
+space (synthstats/envs/spaces). The prompt is [BOS]; a completion is one choice token per
 slot, in slot order, then EOS. At step t only slot t's tokens are valid (EOS after the last
 slot), and sampling and P_F both renormalise over the valid tokens, so no probability
 leaves the space and p_theta(x) of every program is a product of masked softmaxes,
@@ -35,8 +35,8 @@ from synthstats.backends.policy_module import (
     pack_trajectories,
 )
 from synthstats.config import ObjectiveConfig, PolicyConfig, TrainConfig
-from synthstats.eval.spaces import ProgramSpace
-from synthstats.eval.spaces.grammar import Path as ProgramPath
+from synthstats.envs.spaces import ProgramSpace
+from synthstats.envs.spaces.grammar import Path as ProgramPath
 from synthstats.objectives import (
     FlowInputs,
     HiddenStateFlowHead,

@@ -26,9 +26,8 @@ from synthstats.backends.base import PolicyBackend
 from synthstats.errors import UserFacingError
 from synthstats.eval.metrics import importance_log_partition, spearman
 from synthstats.judge.extract import extract_program
-from synthstats.objectives import ThinkingMode
+from synthstats.objectives import ThinkingMode, objective_log_reward
 from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
-from synthstats.train.loop import objective_log_reward
 
 REPORT_NAME = "eval_report.json"
 HISTOGRAM_PLOT = "eval_reward_histogram.png"
@@ -296,10 +295,10 @@ def _plot(
 def _slot_report(config, checkpoint: Path, step: int) -> dict:
     """Exact metrics of an enumerable slot policy against its space's target."""
     from synthstats.backends import build_backend
+    from synthstats.envs.spaces import get_space
     from synthstats.eval.exact import space_metrics
-    from synthstats.eval.spaces import get_space
-    from synthstats.eval.spaces.judge import ShippedScoresJudge
-    from synthstats.eval.spaces.target import space_reference_elpd
+    from synthstats.eval.target import space_reference_elpd
+    from synthstats.judge.shipped import ShippedScoresJudge
     from synthstats.objectives.reward import temperature_at
 
     space = get_space(config.env.name)

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from synthstats.config import RewardConfig
+from synthstats.envs.spaces.grammar import ProgramSpace
 from synthstats.eval.metrics import DEFAULT_FLOOR, DEFAULT_TOP_K, ExactMetrics, exact_metrics
-from synthstats.eval.spaces.grammar import ProgramSpace
-from synthstats.eval.spaces.scores import load_scores
-from synthstats.eval.spaces.target import space_log_rewards
+from synthstats.eval.target import space_log_rewards
+from synthstats.judge.space_scores import load_scores
 
 
 class EnumerablePolicy(Protocol):

@@ -18,7 +18,7 @@ import copy
 from typing import Any
 
 from synthstats.config import Config
-from synthstats.eval.spaces.grammar import ProgramSpace
+from synthstats.envs.spaces.grammar import ProgramSpace
 
 SLOT_STEPS = 2000
 SLOT_LOG_Z_LR = 0.01

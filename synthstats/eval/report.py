@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from synthstats.config import Config
-from synthstats.eval.spaces.scores import SpaceScores
 from synthstats.eval.tracking import SpaceTarget, finite
+from synthstats.judge.space_scores import SpaceScores
 
 # What the slot run on dugongs must reach (issue 10).
 TV_GOAL = 0.05

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 
 from synthstats.config import RewardConfig
+from synthstats.envs.spaces.grammar import ProgramSpace
 from synthstats.eval.exact import EnumerablePolicy
 from synthstats.eval.metrics import exact_metrics, target_probabilities, total_variation
-from synthstats.eval.spaces.grammar import ProgramSpace
-from synthstats.eval.spaces.scores import SpaceScores
-from synthstats.eval.spaces.target import space_log_rewards
+from synthstats.eval.target import space_log_rewards
+from synthstats.judge.space_scores import SpaceScores
 
 log = logging.getLogger("synthstats.eval")
 

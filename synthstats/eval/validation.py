@@ -31,6 +31,7 @@ from synthstats.backends import build_backend
 from synthstats.config import Config, to_yaml
 from synthstats.envs import get_env
 from synthstats.envs.base import Env
+from synthstats.envs.spaces import get_space
 from synthstats.eval.baseline import PolicyGradient
 from synthstats.eval.plots import plot_curves, plot_programs
 from synthstats.eval.recipe import apply_slot_recipe
@@ -41,14 +42,13 @@ from synthstats.eval.report import (
     program_labels,
     summary_text,
 )
-from synthstats.eval.spaces import get_space
-from synthstats.eval.spaces.judge import ShippedScoresJudge
-from synthstats.eval.spaces.target import space_reference_elpd
+from synthstats.eval.target import space_reference_elpd
 from synthstats.eval.tracking import MetricsTracker, SpaceTarget
+from synthstats.judge.shipped import ShippedScoresJudge
 from synthstats.objectives import Objective, build_objective
 from synthstats.train.loop import Trainer
 from synthstats.train.metrics import MetricsLogger
-from synthstats.train.run import RunError, RunSummary
+from synthstats.train.run_dir import RunError, RunSummary, open_run_dir, setup_logging
 
 log = logging.getLogger("synthstats.eval")
 
@@ -57,9 +57,11 @@ GFLOWNET, BASELINE = "gflownet", "reward maximiser"
 EVALUATIONS = 100
 
 
-def run_validation(config: Config, run_dir: Path, *, show_progress: bool = True) -> RunSummary:
+def run_validation(config: Config, *, show_progress: bool = True) -> RunSummary:
     """Train the slot policy and the baseline, then write the report and plots and print
     the summary. RunSummary counts the steps of both trainings."""
+    run_dir, _ = open_run_dir(config)
+    setup_logging(run_dir)
     _refuse_unsupported(config)
     try:
         space = get_space(config.env.name)

@@ -23,7 +23,9 @@ from synthstats.objectives.reward import (
 from synthstats.objectives.thinking import (
     THINKING_MODES,
     ThinkingMode,
+    ThinkReference,
     latent_think_log_reward,
+    objective_log_reward,
     think_log_prob,
     think_span_mask,
 )
@@ -39,6 +41,7 @@ __all__ = [
     "PrefixFlowNet",
     "PromptIndex",
     "SubTrajectoryBalance",
+    "ThinkReference",
     "ThinkingMode",
     "TrajectoryBalance",
     "anneal_temperature",
@@ -46,6 +49,7 @@ __all__ = [
     "db_loss",
     "latent_think_log_reward",
     "log_reward_from_elpd",
+    "objective_log_reward",
     "subtb_loss",
     "tb_loss",
     "temperature_at",

@@ -17,7 +17,8 @@ valid tokens if there is none; such a completion has no program and fails the ju
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
@@ -41,3 +42,30 @@ def think_log_prob(ref_log_probs: Tensor, span_mask: Tensor) -> Tensor:
 def latent_think_log_reward(program_log_reward: Tensor, think_ref_log_prob: Tensor) -> Tensor:
     """log R(z, x) = log R(x) + log p_ref(z | prompt), for thinking: latent."""
     return program_log_reward + think_ref_log_prob.to(program_log_reward.dtype)
+
+
+class ThinkReference(Protocol):
+    """What a policy offers for thinking: latent: its frozen reference model's log p(z)."""
+
+    def reference_think_log_prob(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> Tensor: ...
+
+
+def objective_log_reward(
+    reference: ThinkReference,
+    thinking: ThinkingMode,
+    program_log_reward: Tensor,
+    prompt_ids: Sequence[Sequence[int]],
+    completion_ids: Sequence[Sequence[int]],
+) -> Tensor:
+    """[B] the log R that training matches log P_F(z, x) + log Z to: the program's, plus the
+    think span's log p_ref(z | prompt) for thinking: latent.
+
+    One definition for the learner and for `synthstats eval`, which must judge the policy
+    against the very target it was trained on.
+    """
+    if thinking != "latent":
+        return program_log_reward
+    think = reference.reference_think_log_prob(prompt_ids, completion_ids)
+    return latent_think_log_reward(program_log_reward, think)

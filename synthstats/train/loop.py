@@ -30,20 +30,15 @@ import numpy as np
 import torch
 
 from synthstats.backends.base import PolicyBackend, Rollout, TrainBatch
+from synthstats.backends.distributed import Distributed
 from synthstats.config import Config
 from synthstats.envs.base import Env
 from synthstats.judge.extract import extract_program
 from synthstats.judge.score import Score
-from synthstats.objectives import (
-    Objective,
-    ThinkingMode,
-    latent_think_log_reward,
-    temperature_at,
-)
+from synthstats.objectives import Objective, objective_log_reward, temperature_at
 from synthstats.objectives.reward import tempered_log_reward
 from synthstats.replay import ReplayBuffer, ReplayItem, program_hash
 from synthstats.train.checkpoint import save_checkpoint
-from synthstats.train.distributed import Distributed
 from synthstats.train.metrics import MetricsLogger
 
 log = logging.getLogger("synthstats.train")
@@ -334,25 +329,6 @@ class Trainer:
     def _item_log_reward(self, step: int) -> Callable[[ReplayItem], float]:
         """The program's log R at this step's temperature, for replay priority and eviction."""
         return lambda item: float(self._program_log_rewards([item], step)[0])
-
-
-def objective_log_reward(
-    backend: PolicyBackend,
-    thinking: ThinkingMode,
-    program_log_reward: torch.Tensor,
-    prompt_ids: Sequence[Sequence[int]],
-    completion_ids: Sequence[Sequence[int]],
-) -> torch.Tensor:
-    """[B] the log R that training matches log P_F(z, x) + log Z to: the program's, plus the
-    think span's log p_ref(z | prompt) for thinking: latent (objectives/thinking.py).
-
-    One definition for the learner and for `synthstats eval`, which must judge the policy
-    against the very target it was trained on.
-    """
-    if thinking != "latent":
-        return program_log_reward
-    think = backend.reference_think_log_prob(prompt_ids, completion_ids)
-    return latent_think_log_reward(program_log_reward, think.to(program_log_reward.dtype))
 
 
 def _with_truncations(rollouts: Sequence[Rollout], scored: Future[list[Score]]) -> Future:

@@ -1,47 +1,30 @@
-"""`synthstats-train`'s body: build the parts a config names, then run the loop.
+"""`synthstats-train`'s body for a language-model policy: build the parts a config names,
+then run the loop. (The default policy=slot is the validation job, eval/validation.py.)
 
 synthstats-train runner=local env=dugongs policy=hf_qwen3_0_6b
 synthstats-train resume=runs/dugongs-20261125-101500       # continue a stopped run
-synthstats-train                                           # the validation job (policy=slot)
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
-from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from synthstats.backends import build_backend
+from synthstats.backends.distributed import Distributed
 from synthstats.config import Config, to_yaml
 from synthstats.envs import get_env
-from synthstats.errors import UserFacingError
 from synthstats.judge.pool import JudgePool
 from synthstats.objectives import build_objective
-from synthstats.sft import warmstart_items
-from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
-from synthstats.train.distributed import Distributed
+from synthstats.train.checkpoint import load_loop_state
 from synthstats.train.loop import LoopState, Trainer
 from synthstats.train.metrics import MetricsLogger
+from synthstats.train.run_dir import RunError, RunSummary, open_run_dir, setup_logging
+from synthstats.train.sft import warmstart_items
 
 log = logging.getLogger("synthstats.train")
-
-
-class RunError(UserFacingError, RuntimeError):
-    """A run that cannot start; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    run_dir: Path
-    step: int
-    steps: int
-
-    @property
-    def finished(self) -> bool:
-        return self.step >= self.steps
 
 
 def run(config: Config, *, show_progress: bool = True) -> RunSummary:
@@ -49,15 +32,13 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
 
     Under `accelerate launch` every rank runs this; the main rank writes the run directory.
     """
+    if config.policy.kind == "slot":
+        raise RunError("policy=slot is the validation job: run it with run_validation")
     distributed = Distributed.from_environment()
     # The default output_dir holds a timestamp: every rank takes the main rank's.
     config.output_dir = distributed.broadcast(config.output_dir)
-    run_dir, checkpoint = _run_dir(config)
-    _setup_logging(run_dir, rank=distributed.rank)
-    if config.policy.kind == "slot":
-        from synthstats.eval.validation import run_validation
-
-        return run_validation(config, run_dir, show_progress=show_progress)
+    run_dir, checkpoint = open_run_dir(config)
+    setup_logging(run_dir, rank=distributed.rank)
     config_yaml = to_yaml(config)
     if distributed.is_main:
         (run_dir / "config.yaml").write_text(config_yaml)
@@ -119,40 +100,3 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
     else:
         log.warning("stopped at step %d of %d; continue with resume=%s", state.step, total, run_dir)
     return summary
-
-
-def _run_dir(config: Config) -> tuple[Path, Path | None]:
-    """The run directory, and the checkpoint to resume from (None for a new run)."""
-    if config.resume:
-        run_dir = Path(config.resume)
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise RunError(f"resume={run_dir}: no checkpoint found under {run_dir}/checkpoints")
-        return run_dir, checkpoint
-    run_dir = Path(config.output_dir)
-    if latest_checkpoint(run_dir) is not None:
-        raise RunError(
-            f"output_dir={run_dir} already holds a run; continue it with resume={run_dir}, "
-            "or choose another output_dir"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir, None
-
-
-def _setup_logging(run_dir: Path, *, rank: int = 0) -> None:
-    """Messages to stderr and to RUN_DIR/train.log: the one logging path of a run. Ranks
-    other than the main one only print their warnings, marked with their rank."""
-    main = rank == 0
-    root = logging.getLogger("synthstats")
-    root.setLevel(logging.INFO if main else logging.WARNING)
-    marker = "" if main else f"[rank {rank}] "
-    formatter = logging.Formatter(f"%(asctime)s {marker}%(levelname)s %(name)s: %(message)s")
-    for previous in list(root.handlers):
-        root.removeHandler(previous)
-        previous.close()
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if main:
-        handlers.append(logging.FileHandler(run_dir / "train.log"))
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        root.addHandler(handler)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
-from synthstats.eval.spaces.grammar import ProgramSpace
-from synthstats.eval.spaces.scores import load_scores
+from synthstats.envs.spaces.grammar import ProgramSpace
 from synthstats.judge.score import Score
+from synthstats.judge.space_scores import load_scores
 
 if TYPE_CHECKING:
     from synthstats.envs.base import Env

@@ -3,7 +3,7 @@
 3 hospital-effect structures x 3 links x 2 intercept priors x 2 likelihoods = 36.
 """
 
-from synthstats.eval.spaces.grammar import Choice, ProgramSpace, Slot
+from synthstats.envs.spaces.grammar import Choice, ProgramSpace, Slot
 
 TEMPLATE = """
 import pymc as pm

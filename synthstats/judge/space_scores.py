@@ -1,20 +1,19 @@
 """The judge's ELPD of every program in a space, scored once and shipped as JSON.
 
 Scoring a space costs minutes (a new model structure compiles for seconds), so the ELPDs
-live next to the spaces in `scores/ENV.json`, with the judge budget, the env's data hash
-and the library versions that produced them; the exact target is then computable offline
-in milliseconds. Each program row carries a digest of its completion text: edit a template
-and `load_scores` refuses the stale file until the space is re-scored with
+are shipped with the spaces, in `synthstats/envs/spaces/scores/ENV.json`, with the judge
+budget, the env's data hash and the library versions that produced them; the exact target
+is then computable offline in milliseconds. Each program row carries a digest of its
+completion text: edit a template and `load_scores` refuses the stale file until the space
+is re-scored with
 
-    python -m synthstats.eval.spaces.scores ENV [--judge default]
+    python -m synthstats.maintain score-space ENV [--judge default]
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from synthstats.eval.spaces.grammar import Path as ProgramPath
-from synthstats.eval.spaces.grammar import ProgramSpace
+from synthstats.envs.spaces import SCORES_DIR
+from synthstats.envs.spaces.grammar import Path as ProgramPath
+from synthstats.envs.spaces.grammar import ProgramSpace
 from synthstats.judge.score import Score
 
 if TYPE_CHECKING:
     from synthstats.config import JudgeConfig
     from synthstats.envs.base import Env
 
-SCORE_DIR = Path(__file__).parent / "scores"
 BUDGET_FIELDS = ("draws", "tune", "chains", "target_accept", "seed")
 VERSIONED_PACKAGES = ("pymc", "pytensor", "arviz", "numpy")
 # The Score fields kept per program.
@@ -58,7 +57,7 @@ class SpaceScores:
 
 
 def scores_path(env_name: str) -> Path:
-    return SCORE_DIR / f"{env_name}.json"
+    return SCORES_DIR / f"{env_name}.json"
 
 
 def program_digest(completion: str) -> str:
@@ -75,7 +74,7 @@ def load_scores(space: ProgramSpace, path: Path | None = None) -> SpaceScores:
     if [row["digest"] for row in rows] != expected:
         raise ValueError(
             f"{path} does not match the current {space.env_name} space (programs changed): "
-            f"re-score with `python -m synthstats.eval.spaces.scores {space.env_name}`"
+            f"re-score with `python -m synthstats.maintain score-space {space.env_name}`"
         )
 
     def column(name: str) -> np.ndarray:
@@ -154,25 +153,3 @@ def write_scores(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=1) + "\n")
     return path
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Re-scores one space with the real judge and rewrites its shipped scores file."""
-    from synthstats.config import resolve
-    from synthstats.envs import get_env
-    from synthstats.eval.spaces import get_space
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("env", help="env name: dugongs, eight_schools, surgical, peregrines")
-    parser.add_argument("--judge", default="default", help="configs/judge/ option")
-    args = parser.parse_args(argv)
-    space = get_space(args.env)
-    judge_cfg = resolve([f"env={args.env}", f"judge={args.judge}"]).judge
-    start = time.perf_counter()
-    scores = score_programs(space, get_env(args.env), judge_cfg, space.paths())
-    path = write_scores(space, get_env(args.env), judge_cfg, scores)
-    print(f"wrote {path} ({len(scores)} programs, {time.perf_counter() - start:.0f} s)")
-
-
-if __name__ == "__main__":
-    main()

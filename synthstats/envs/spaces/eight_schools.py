@@ -4,7 +4,7 @@
 x 2 likelihoods = 48. Effects are non-centred, so NUTS needs no reparametrising luck.
 """
 
-from synthstats.eval.spaces.grammar import Choice, ProgramSpace, Slot
+from synthstats.envs.spaces.grammar import Choice, ProgramSpace, Slot
 
 TEMPLATE = """
 import pymc as pm

@@ -1,6 +1,6 @@
 """Dugongs: length against age. 4 growth curves x 3 likelihoods x 3 noise models = 36."""
 
-from synthstats.eval.spaces.grammar import Choice, ProgramSpace, Slot
+from synthstats.envs.spaces.grammar import Choice, ProgramSpace, Slot
 
 TEMPLATE = """
 import numpy as np

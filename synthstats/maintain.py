@@ -1,18 +1,21 @@
 """Maintainer tools that rebuild the files an env ships; not used at run time.
 
-    python -m synthstats.envs.maintain write-data [NAME ...]        simulated data files
-    python -m synthstats.envs.maintain refresh-prompts [NAME ...]   prompts in the SFT JSONL
-    python -m synthstats.envs.maintain reference-elpd [NAME ...]   ELPD-LOO of the reference
+    python -m synthstats.maintain write-data [NAME ...]        simulated data files
+    python -m synthstats.maintain refresh-prompts [NAME ...]   prompts in the SFT JSONL
+    python -m synthstats.maintain reference-elpd [NAME ...]   ELPD-LOO of the reference
+    python -m synthstats.maintain score-space ENV [--judge J] ELPD of each space program
 
 `reference-elpd` scores the reference program with the real judge at its default config
 (configs/judge/default.yaml) and prints it; `--write` stores it as `reference_elpd` in
-`specs/NAME.yaml`.
+`specs/NAME.yaml`. `score-space` re-scores every program of an env's program space with the
+real judge and rewrites `synthstats/envs/spaces/scores/ENV.json`.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Sequence
 
 import click
@@ -106,6 +109,24 @@ def reference_elpd_command(names: tuple[str, ...], workers: int, write: bool) ->
         click.echo(f"{name}: {verdict}  {json.dumps(score.to_dict())}")
         if write and score.ok:
             store_reference_elpd(name, score.elpd_loo)
+
+
+@main.command("score-space")
+@click.argument("env_name")
+@click.option("--judge", default="default", show_default=True, help="configs/judge/ option")
+def score_space_command(env_name: str, judge: str) -> None:
+    """Re-score one program space with the real judge and rewrite its shipped scores file."""
+    from synthstats.config import resolve
+    from synthstats.envs.spaces import get_space
+    from synthstats.judge.space_scores import score_programs, write_scores
+
+    space = get_space(env_name)
+    env = get_env(env_name)
+    judge_cfg = resolve([f"env={env_name}", f"judge={judge}"]).judge
+    start = time.perf_counter()
+    scores = score_programs(space, env, judge_cfg, space.paths(), progress=click.echo)
+    path = write_scores(space, env, judge_cfg, scores)
+    click.echo(f"wrote {path} ({len(scores)} programs, {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

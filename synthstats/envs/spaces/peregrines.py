@@ -3,7 +3,7 @@
 4 polynomial degrees in standardised year x 3 count likelihoods x 3 coefficient priors = 36.
 """
 
-from synthstats.eval.spaces.grammar import Choice, ProgramSpace, Slot
+from synthstats.envs.spaces.grammar import Choice, ProgramSpace, Slot
 
 TEMPLATE = """
 import numpy as np

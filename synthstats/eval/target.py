@@ -9,7 +9,7 @@ space's best ELPD as reference (`space_reference_elpd`), so log R <= 0.
 A space's reward temperature is chosen so that neither a collapsed nor an untrained policy
 passes: the largest p* stays below 0.5 and TV(uniform, p*) is at least 0.3. Lower T
 sharpens p* (raising both); `choose_temperature` picks the middle, in log T, of the range
-where both hold. Print a space's table with `python -m synthstats.eval.spaces.target ENV`.
+where both hold. Print a space's table with `python -m synthstats.eval.target ENV`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from synthstats.config import RewardConfig
+from synthstats.envs.spaces.grammar import ProgramSpace
 from synthstats.eval.metrics import target_probabilities, total_variation
-from synthstats.eval.spaces.grammar import ProgramSpace
-from synthstats.eval.spaces.scores import SpaceScores
+from synthstats.judge.space_scores import SpaceScores
 from synthstats.objectives import log_reward_from_elpd
 
 MAX_TOP_PROBABILITY = 0.5
@@ -97,8 +97,8 @@ def choose_temperature(elpd: np.ndarray, grid: Sequence[float] = TEMPERATURE_GRI
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Prints, for one space, max p* and TV(uniform, p*) across the temperature grid."""
-    from synthstats.eval.spaces import get_space
-    from synthstats.eval.spaces.scores import load_scores
+    from synthstats.envs.spaces import get_space
+    from synthstats.judge.space_scores import load_scores
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("env")
