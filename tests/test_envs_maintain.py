@@ -2,7 +2,7 @@
 
 import pytest
 
-from synthstats.envs import maintain
+from synthstats import maintain
 from synthstats.envs.catalog import demonstration_path, spec_path
 
 
