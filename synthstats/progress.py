@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, as_completed
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
+
+T = TypeVar("T")
 
 
 def interactive() -> bool:
@@ -37,3 +40,13 @@ def progress_bar(
     redirect = logging_redirect_tqdm(loggers=loggers) if enabled else nullcontext()
     with bar, redirect:
         yield bar
+
+
+def gather(
+    futures: Sequence[Future[T]], desc: str, *, show: bool = True, unit: str = "it"
+) -> list[T]:
+    """The futures' results in input order, with a bar that advances as each completes."""
+    with progress_bar(len(futures), desc, show=show, unit=unit) as bar:
+        for _ in as_completed(futures):
+            bar.update(1)
+    return [future.result() for future in futures]
