@@ -26,8 +26,8 @@ LAYERS = {
     "train": 5,
     "eval": 6,  # the jobs: evaluation and the validation job, which runs the trainer
     "cli": 7,
-    "launch": 7,
-    "api": 7,  # the Python API: config resolution, training, scoring, evaluation  # `synthstats launch`: accelerate launch with a shipped config
+    "launch": 7,  # `synthstats launch`: accelerate launch with a shipped config
+    "api": 7,  # the Python API: config resolution, training, scoring, evaluation
     "maintain": 7,
 }
 
