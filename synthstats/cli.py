@@ -113,19 +113,28 @@ class _TrainCommand(click.Command):
 @click.option(
     "--dry-run",
     is_flag=True,
-    help="Resolve and check the settings and inputs, print the config that would run "
-    "(the slot recipe applied) as YAML, and exit without creating anything.",
+    help="Resolve and check the settings, print the config that would run (the slot "
+    "recipe applied) as YAML, and exit without creating anything. Inputs missing on this "
+    "machine (model, SFT file, output folder) are reported as # comments on stderr.",
 )
 @click.option("--no-progress", is_flag=True, help="Hide progress bars (for logs and CI).")
 def train(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, no_progress: bool):
     """Train a policy as a GFlowNet sampler over PyMC programs for one env."""
     try:
         config = resolve(list(overrides), config_file)
-        from synthstats.train.preflight import check_inputs
-
-        check_inputs(config)
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
+    from synthstats.train.preflight import check_inputs
+
+    try:
+        check_inputs(config)
+    except ConfigError as error:
+        if not dry_run:
+            raise click.UsageError(str(error)) from None
+        # A config may be prepared on another machine than the one that will run it:
+        # say what would stop a run here, as YAML comments, and still print the config.
+        for problem in error.problems:
+            click.echo(f"# a run here would stop: {problem}", err=True)
     if dry_run:
         click.echo(to_yaml(_as_it_runs(config)), nl=False)
         return
