@@ -173,3 +173,23 @@ def test_launch_runs_synthstats_train_under_accelerate(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("kind: mock") == 2
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        ["eval", "no-such-run"],
+        ["score", "--env", "dugong", "PROGRAM"],
+        ["score", "--env", "dugongs", "--judge", "slow", "PROGRAM"],
+        ["envs", "show", "dugong"],
+        ["bench", "judge", "--env", "dugong"],
+        ["launch", "zero9"],
+    ],
+)
+def test_usage_mistakes_exit_2_in_every_command(arguments, tmp_path):
+    program = tmp_path / "model.py"
+    program.write_text("x = 1\n")
+    arguments = [str(program) if item == "PROGRAM" else item for item in arguments]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 2, result.output
+    assert "Error" in result.output and "Traceback" not in result.output
