@@ -14,7 +14,7 @@ from synthstats.backends import build_backend
 from synthstats.backends.distributed import Distributed
 from synthstats.config import Config, to_yaml
 from synthstats.envs import get_env
-from synthstats.judge.pool import JudgePool
+from synthstats.judge.pool import JudgePool, default_workers
 from synthstats.judge.sandbox import containment_for
 from synthstats.objectives import build_objective
 from synthstats.progress import progress_bar
@@ -58,7 +58,7 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
         with JudgePool(config.judge) as judge:
             log.info(
                 "judge: %d worker(s), sandbox %s, budget %s",
-                judge.workers,
+                config.judge.workers or default_workers(),
                 containment_for(config.judge.sandbox),
                 f"{config.judge.draws} draws x {config.judge.chains} chains",
             )
