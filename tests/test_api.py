@@ -26,14 +26,25 @@ def test_run_training_checks_inputs_before_creating_anything(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_run_training_runs_the_default_slot_job_and_keeps_the_final_policy(tmp_path):
+def test_run_training_runs_the_default_slot_job_and_keeps_the_final_policy(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
     run_dir = tmp_path / "run"
-    config = synthstats.resolve_config("runner.train.steps=6", f"output_dir={run_dir}")
+    config = synthstats.resolve_config(
+        "runner.train.steps=6", f"output_dir={run_dir}", "logging=wandb"
+    )
     summary = synthstats.run_training(config, show_progress=False)
     assert summary.finished and summary.exit_code == 0 and summary.run_dir == run_dir
     state = torch.load(run_dir / "final" / "slot_policy.pt", weights_only=True)
     assert "module" in state
     assert (run_dir / "report.json").is_file()
+    # The validation report and plots reach the same W&B run as the training metrics.
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    runs = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 2
+    logged = b"".join(path.read_bytes() for run in runs for path in run.glob("*.wandb"))
+    for key in (b"logz_error", b"baseline_tv", b"curves", b"programs"):
+        assert key in logged, key
 
 
 @pytest.mark.slow
