@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -45,6 +47,17 @@ def test_run_training_runs_the_default_slot_job_and_keeps_the_final_policy(tmp_p
     logged = b"".join(path.read_bytes() for run in runs for path in run.glob("*.wandb"))
     for key in (b"logz_error", b"baseline_tv", b"curves", b"programs"):
         assert key in logged, key
+    # `synthstats eval` adds its report to the same W&B run.
+    report = synthstats.evaluate(run_dir)
+    runs = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 3 and report["env"] == "dugongs"
+    deadline = time.monotonic() + 30  # W&B's service may still be writing the file
+    while b"eval/exact/tv" not in (
+        logged := b"".join(p.read_bytes() for p in runs[2].glob("*.wandb"))
+    ):
+        assert time.monotonic() < deadline, logged[-300:]
+        time.sleep(0.5)
+    assert b"eval/reward_temperature" in logged
 
 
 @pytest.mark.slow

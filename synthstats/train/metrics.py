@@ -111,7 +111,7 @@ class MetricsLogger:
             return
         import wandb
 
-        for key, value in values.items():
+        for key, value in _flat(values).items():
             if isinstance(value, int | float | str | bool) or value is None:
                 self._wandb.summary[key] = value
         shown = {image.stem: wandb.Image(str(image)) for image in images if image.is_file()}
@@ -133,6 +133,17 @@ class MetricsLogger:
             self._file.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+def _flat(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections of a report as KEY/SUBKEY."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
