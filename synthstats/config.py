@@ -3,7 +3,9 @@
 A run config is assembled in three layers, later layers winning: the root defaults
 (configs/config.yaml) and the group files they select, a user's `--config-file`, and the
 command line. The result is validated into the dataclasses below, so the rest of the code
-reads attributes, never untyped dict lookups.
+reads attributes, never untyped dict lookups. Every problem found (unknown keys, wrong types,
+ranges and relations: `problems()`) is reported in one ConfigError, and `Config.user_set`
+records the keys the user gave, so recipes fill only what was left unset.
 """
 
 from __future__ import annotations

@@ -78,3 +78,15 @@ def test_only_a_run_directory_without_steps_is_removed(tmp_path):
     (started / "metrics.jsonl").write_text('{"step": 0}\n')
     remove_unstarted(started)
     assert (started / "metrics.jsonl").exists()
+
+
+def test_gather_keeps_input_order(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from synthstats.progress import gather
+
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(pow, 2, n) for n in range(5)]
+        assert gather(futures, "scoring", unit="file") == [1, 2, 4, 8, 16]
