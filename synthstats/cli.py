@@ -61,8 +61,8 @@ def _comments(cls: type) -> dict[str, str]:
     for line in inspect.getsource(cls).splitlines()[1:]:
         stripped = line.strip()
         if stripped.startswith("#"):
-            block = [*block, stripped.lstrip("#").strip()] if after_comment else [stripped[1:]]
-            block[-1] = block[-1].strip()
+            text = stripped.lstrip("#").strip()
+            block = [*block, text] if after_comment else [text]
             after_comment = True
             continue
         after_comment = False
@@ -73,7 +73,7 @@ def _comments(cls: type) -> dict[str, str]:
 
 
 def settings_help(cls: type = Config, prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, "type = default. help") for every setting, nested sections included."""
+    """(dotted key, "= default  help") for every setting, nested sections included."""
     hints = typing.get_type_hints(cls)
     comments = _comments(cls)
     rows = []
@@ -120,12 +120,13 @@ class _TrainCommand(click.Command):
 @click.option("--no-progress", is_flag=True, help="Hide progress bars (for logs and CI).")
 def train(overrides: tuple[str, ...], config_file: str | None, dry_run: bool, no_progress: bool):
     """Train a policy as a GFlowNet sampler over PyMC programs for one env."""
+    from synthstats.train.preflight import check_inputs, check_settings
+
     try:
         config = resolve(list(overrides), config_file)
+        check_settings(config)
     except ConfigError as error:
         raise click.UsageError(str(error)) from None
-    from synthstats.train.preflight import check_inputs
-
     try:
         check_inputs(config)
     except ConfigError as error:

@@ -193,3 +193,9 @@ def test_usage_mistakes_exit_2_in_every_command(arguments, tmp_path):
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 2, result.output
     assert "Error" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("arguments", [["env=irt"], ["env.name=dugong"]])
+def test_dry_run_refuses_settings_that_are_wrong_on_any_machine(arguments):
+    result = CliRunner().invoke(train, [*arguments, "--dry-run"])
+    assert result.exit_code == 2 and "Traceback" not in result.output

@@ -14,8 +14,16 @@ from synthstats.envs import env_names, get_env
 from synthstats.train.checkpoint import latest_checkpoint
 
 
+def check_settings(config: Config) -> None:
+    """Raise one ConfigError for settings wrong on any machine: the env, its program space."""
+    found = [*_env_problems(config), *_slot_problems(config)]
+    if found:
+        raise ConfigError(*found)
+
+
 def check_inputs(config: Config) -> None:
-    """Raise one ConfigError listing every input that would stop the run later."""
+    """Raise one ConfigError listing every setting and input (on this machine: the output
+    directory, the model, the SFT file) that would stop the run later."""
     found = [
         *_env_problems(config),
         *_slot_problems(config),
