@@ -96,11 +96,11 @@ def run_validation(config: Config, *, show_progress: bool = True) -> RunSummary:
     with _one_torch_thread():
         ours = train(GFLOWNET, config, build_objective(config.objective), run_dir)
         if ours.steps < steps:
-            return _stopped(run_dir, ours.steps, steps)
+            return _stopped(run_dir, ours.steps, steps, ours.stopped_by)
         baseline_config = reward_maximiser_config(config)
         baseline = train(BASELINE, baseline_config, PolicyGradient(), run_dir / "baseline")
         if baseline.steps < steps:
-            return _stopped(run_dir, steps + baseline.steps, steps)
+            return _stopped(run_dir, steps + baseline.steps, steps, baseline.stopped_by)
     report = build_report(config, target, judge.shipped, ours, baseline, recipe)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(run_dir, target, ours, baseline)
@@ -195,7 +195,9 @@ def _train(
         metrics.close()
     log_p = backend.exact_log_probs()
     probabilities = np.exp([log_p[text] for text in target.space.completions])
-    return TrainedPolicy(name, state.step, tracker.history, probabilities, seconds)
+    return TrainedPolicy(
+        name, state.step, tracker.history, probabilities, seconds, trainer.stopped_by
+    )
 
 
 def _plot(run_dir: Path, target: SpaceTarget, ours: TrainedPolicy, baseline: TrainedPolicy) -> None:
@@ -228,10 +230,10 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _stopped(run_dir: Path, done: int, steps: int) -> RunSummary:
+def _stopped(run_dir: Path, done: int, steps: int, stopped_by: int | None) -> RunSummary:
     log.warning(
         "stopped after %d of %d steps (both policies); slot runs do not resume: start a new one",
         done,
         2 * steps,
     )
-    return RunSummary(run_dir, done, 2 * steps)
+    return RunSummary(run_dir, done, 2 * steps, stopped_by)
