@@ -199,3 +199,29 @@ def test_usage_mistakes_exit_2_in_every_command(arguments, tmp_path):
 def test_dry_run_refuses_settings_that_are_wrong_on_any_machine(arguments):
     result = CliRunner().invoke(train, [*arguments, "--dry-run"])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def readme_section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(title)
+    return text[start : text.index("\n#", start + len(title))]
+
+
+def test_readme_names_every_group_option():
+    from synthstats.config import GROUPS, group_options
+
+    section = readme_section("## Command line")
+    groups_bullet = section[section.index("- Groups") : section.index("- Overrides")]
+    for group in GROUPS:
+        for option in group_options(group):
+            assert f"`{option}`" in groups_bullet or group == "env", (group, option)
+
+
+def test_readme_lists_every_slot_substitution_the_code_makes():
+    from synthstats.envs.spaces import get_space
+    from synthstats.eval.recipe import slot_settings
+
+    section = readme_section("## Does it sample in proportion to reward?")
+    keys = slot_settings(get_space("dugongs"), 2000)
+    for key in keys:
+        assert f"`{key}" in section, key
