@@ -13,11 +13,17 @@
 # NUM_PROCESSES defaults to the number of visible GPUs (the config's count for cpu_2proc);
 # MAIN_PROCESS_PORT (default 29500) must be free. runner.train.batch_size is the global
 # batch and must split evenly over the processes. Arguments after the config are
-# synthstats-train overrides, passed on unchanged.
+# synthstats-train overrides, passed on unchanged. No arguments, -h or --help: this text.
 set -euo pipefail
 
+usage() { sed -n '2,/^set -euo/p' "$0" | grep -v '^#SBATCH\|^set -euo' | sed 's/^# \{0,1\}//'; }
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    usage
+    exit 0
+fi
+
 if [[ $# -lt 1 ]]; then
-    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+    usage >&2
     exit 2
 fi
 name="$1"

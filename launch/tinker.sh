@@ -10,7 +10,14 @@
 #   launch/tinker.sh policy.model_name=Qwen/Qwen3.5-4B policy.tokenizer=Qwen/Qwen3.5-4B
 #   launch/tinker.sh resume=runs/dugongs-20261125-101500
 #
-# Arguments after the script name are synthstats-train overrides, passed on unchanged.
+# Arguments after the script name are synthstats-train overrides, passed on unchanged;
+# -h or --help prints this.
 set -euo pipefail
+
+usage() { sed -n '2,/^set -euo/p' "$0" | grep -v '^#SBATCH\|^set -euo' | sed 's/^# \{0,1\}//'; }
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+    usage
+    exit 0
+fi
 
 exec synthstats-train runner=tinker policy=tinker env="${ENV:-dugongs}" "$@"

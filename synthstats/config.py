@@ -3,7 +3,9 @@
 A run config is assembled in three layers, later layers winning: the root defaults
 (configs/config.yaml) and the group files they select, a user's `--config-file`, and the
 command line. The result is validated into the dataclasses below, so the rest of the code
-reads attributes, never untyped dict lookups.
+reads attributes, never untyped dict lookups. Every problem found (unknown keys, wrong types,
+ranges and relations: `problems()`) is reported in one ConfigError, and `Config.user_set`
+records the keys the user gave, so recipes fill only what was left unset.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import typing
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 
@@ -26,7 +28,20 @@ GROUPS = ("env", "policy", "objective", "judge", "runner", "logging")
 
 
 class ConfigError(UserFacingError, ValueError):
-    """A user-facing configuration mistake; the message says what to change."""
+    """A user-facing configuration mistake; the message says what to change.
+
+    One error may hold several problems (`problems`), so a user fixes them all in one go.
+    """
+
+    def __init__(self, *problems: str):
+        self.problems = list(problems)
+        if len(problems) == 1:
+            message = problems[0]
+        else:
+            message = f"{len(problems)} problems in the settings:\n" + "\n".join(
+                f"  - {problem}" for problem in problems
+            )
+        super().__init__(message)
 
 
 @dataclass
@@ -161,6 +176,8 @@ class TrainConfig:
     replay_alpha: float = 1.0
     # Steps between checkpoints; the final step always checkpoints.
     checkpoint_every: int = 50
+    # Checkpoints kept on disk (older ones are deleted); final/ is kept apart from them.
+    keep_checkpoints: int = 2
     max_grad_norm: float = 1.0
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -174,14 +191,23 @@ class RunnerConfig:
 
 @dataclass
 class LoggingConfig:
-    # console prints a line per step; jsonl also writes metrics.jsonl; wandb adds W&B.
+    # console: metric lines on the console only. jsonl: also every step in metrics.jsonl.
+    # wandb: jsonl plus Weights & Biases.
     backend: Literal["console", "jsonl", "wandb"] = "jsonl"
-    # Steps between metric lines.
+    # Steps between console lines and W&B points (metrics.jsonl keeps every step).
     every: int = 1
     # W&B project, and mode: null follows WANDB_MODE (online when unset); offline needs no
     # network.
     project: str = "synthstats"
     wandb_mode: Literal["online", "offline", "disabled"] | None = None
+    # W&B entity (team or user; null: your default), run group and tags.
+    wandb_entity: str | None = None
+    wandb_group: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    # Steps between W&B tables of sampled programs (ELPD, log R, validity); 0: none.
+    programs_every: int = 10
+    # Upload final/ (the trained policy) to W&B as a model artifact at the end of a run.
+    wandb_log_model: bool = False
 
 
 @dataclass
@@ -221,35 +247,121 @@ class Config:
     resume: str | None = None
     seed: int = 0
 
+    # Dotted keys the user set (command line, --config-file), filled in by resolve():
+    # recipes and presets change only what the user left unset. Not a field: never saved.
+    user_set: ClassVar[frozenset[str]] = frozenset()
+
     def __post_init__(self) -> None:
-        if self.sft_warmstart.enabled and not self.sft_warmstart.data_path:
-            raise ConfigError(
-                "sft_warmstart.enabled=true needs sft_warmstart.data_path=FILE "
-                "(a JSONL of demonstrations, or builtin:ENV)"
-            )
-        clamp = self.sft_warmstart.log_clamp
-        if len(clamp) != 2 or clamp[0] >= clamp[1]:
-            raise ConfigError(
-                f"sft_warmstart.log_clamp must be [low, high] with low < high, "
-                f"got {self.sft_warmstart.log_clamp}"
-            )
-        train = self.runner.train
-        if not 0.0 <= train.replay_fraction < 1.0:
-            raise ConfigError(
-                f"runner.train.replay_fraction must be in [0, 1), got {train.replay_fraction}"
-            )
-        for key in ("steps", "batch_size", "checkpoint_every"):
-            if getattr(train, key) < 1:
-                raise ConfigError(f"runner.train.{key} must be >= 1, got {getattr(train, key)}")
-        reward = self.objective.reward
-        if reward.temperature <= 0:
-            raise ConfigError(f"objective.reward.temperature must be > 0, got {reward.temperature}")
-        if reward.failure_log_reward >= reward.low:
-            raise ConfigError(
-                "objective.reward.failure_log_reward must be below objective.reward.low "
-                f"({reward.failure_log_reward} >= {reward.low}): failed programs must never "
-                "outrank valid ones"
-            )
+        found = problems(self)
+        if found:
+            raise ConfigError(*found)
+
+
+def _at_least(config: Config, minimum: float, *keys: str) -> list[str]:
+    return [
+        f"{key} must be >= {minimum:g}, got {value}"
+        for key in keys
+        if (value := _dotted_get(config, key)) < minimum
+    ]
+
+
+def _positive(config: Config, *keys: str) -> list[str]:
+    return [
+        f"{key} must be > 0, got {value}"
+        for key in keys
+        if (value := _dotted_get(config, key)) <= 0
+    ]
+
+
+def problems(config: Config) -> list[str]:
+    """Every range and relation the settings break, so one run reports them all."""
+    found = _at_least(
+        config,
+        1,
+        *("policy.lora_r", "policy.max_new_tokens", "judge.draws", "judge.chains"),
+        *("judge.memory_mb", "judge.max_processes", "judge.max_output_bytes"),
+        *("judge.max_file_mb", "runner.train.steps", "runner.train.batch_size"),
+        *("runner.train.checkpoint_every", "runner.train.replay_capacity"),
+        *("runner.train.keep_checkpoints", "logging.every"),
+    )
+    found += _at_least(
+        config,
+        0,
+        *("judge.tune", "judge.workers", "objective.reward.anneal_steps"),
+        *("logging.programs_every", "policy.max_retries"),
+    )
+    found += _positive(
+        config,
+        *("judge.timeout_s", "runner.train.learning_rate", "runner.train.flow_learning_rate"),
+        *("objective.log_z_lr", "objective.reward.temperature", "policy.request_timeout_s"),
+    )
+    policy = config.policy
+    if policy.kind in ("hf", "tinker") and not policy.model_name.strip():
+        found.append(
+            f"policy.kind={policy.kind} needs policy.model_name (a hub id such as "
+            "Qwen/Qwen3-0.6B, or a local model folder)"
+        )
+    if not policy.lora_target_modules:
+        found.append("policy.lora_target_modules must name at least one module, e.g. [q_proj]")
+    if not 0.0 <= policy.lora_dropout < 1.0:
+        found.append(f"policy.lora_dropout must be in [0, 1), got {policy.lora_dropout}")
+    objective = config.objective
+    if not 0.0 < objective.lamda <= 1.0:
+        found.append(f"objective.lamda must be in (0, 1], got {objective.lamda}")
+    if objective.tb_anchor_weight < 0:
+        found.append(f"objective.tb_anchor_weight must be >= 0, got {objective.tb_anchor_weight}")
+    reward = objective.reward
+    if reward.low >= reward.high:
+        found.append(
+            f"objective.reward.low must be below objective.reward.high "
+            f"({reward.low} >= {reward.high})"
+        )
+    if reward.failure_log_reward >= reward.low:
+        found.append(
+            "objective.reward.failure_log_reward must be below objective.reward.low "
+            f"({reward.failure_log_reward} >= {reward.low}): failed programs must never "
+            "outrank valid ones"
+        )
+    if reward.final_temperature is not None and reward.final_temperature <= 0:
+        found.append(
+            f"objective.reward.final_temperature must be > 0, got {reward.final_temperature}"
+        )
+    if not 0.0 < config.judge.target_accept < 1.0:
+        found.append(f"judge.target_accept must be in (0, 1), got {config.judge.target_accept}")
+    train = config.runner.train
+    if not 0.0 <= train.replay_fraction < 1.0:
+        found.append(f"runner.train.replay_fraction must be in [0, 1), got {train.replay_fraction}")
+    exploration = train.exploration
+    if exploration.temperature_min > exploration.temperature_max:
+        found.append(
+            "runner.train.exploration.temperature_min must be <= temperature_max "
+            f"({exploration.temperature_min} > {exploration.temperature_max})"
+        )
+    found += _positive(config, "runner.train.exploration.temperature_min")
+    if not 0.0 <= exploration.tempered_share <= 1.0:
+        found.append(
+            "runner.train.exploration.tempered_share must be in [0, 1], "
+            f"got {exploration.tempered_share}"
+        )
+    if config.sft_warmstart.enabled and not config.sft_warmstart.data_path:
+        found.append(
+            "sft_warmstart.enabled=true needs sft_warmstart.data_path=FILE "
+            "(a JSONL of demonstrations, or builtin:ENV)"
+        )
+    clamp = config.sft_warmstart.log_clamp
+    if len(clamp) != 2 or clamp[0] >= clamp[1]:
+        found.append(
+            f"sft_warmstart.log_clamp must be [low, high] with low < high, "
+            f"got {config.sft_warmstart.log_clamp}"
+        )
+    return found
+
+
+def _dotted_get(config: Any, dotted: str) -> Any:
+    node = config
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def configs_dir() -> Path:
@@ -308,6 +420,10 @@ def _parse_override(argument: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, bool) and raw.strip().lower() not in ("true", "false"):
+        # YAML 1.1 reads on/off/yes/no as booleans; keep the word, so a choice field
+        # (thinking=on) is told what was typed. A bool field still accepts the word.
+        value = raw.strip()
     return key.strip(), value
 
 
@@ -334,13 +450,27 @@ def _split_layer(layer: dict[str, Any], selections: dict[str, str]) -> dict[str,
     return overrides
 
 
+def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys |= _leaf_keys(value, dotted + ".") if isinstance(value, dict) else {dotted}
+    return keys
+
+
 def resolve(arguments: list[str], config_file: str | None = None) -> Config:
-    """Build the validated Config from root defaults, a config file and CLI arguments."""
+    """Build the validated Config from root defaults, a config file and CLI arguments.
+
+    Every problem found is reported in one ConfigError. `Config.user_set` records the
+    dotted keys given in the config file or on the command line.
+    """
     root = _read_yaml(configs_dir() / "config.yaml")
     selections: dict[str, str] = dict(root.pop("defaults", {}) or {})
     layers = [_split_layer(root, selections)]
+    user_layers = []
     if config_file is not None:
         layers.append(_split_layer(_read_yaml(Path(config_file)), selections))
+        user_layers.append(layers[-1])
     command_line: dict[str, Any] = {}
     for argument in arguments:
         key, value = _parse_override(argument)
@@ -351,19 +481,28 @@ def resolve(arguments: list[str], config_file: str | None = None) -> Config:
         else:
             _set_dotted(command_line, key, value)
     layers.append(command_line)
+    user_layers.append(command_line)
 
     tree: dict[str, Any] = {}
+    errors: list[str] = []
     for group, option in selections.items():
         if group not in GROUPS:
             raise ConfigError(f"configs/config.yaml: unknown group {group!r} in defaults")
-        tree[group] = load_group(group, option)
+        try:
+            tree[group] = load_group(group, option)
+        except ConfigError as error:
+            errors.extend(error.problems)
+            tree[group] = {}
     tree["judge"].setdefault("name", selections.get("judge", "default"))
     resume = next((layer["resume"] for layer in reversed(layers) if layer.get("resume")), None)
     if resume is not None:
         layers.insert(1, _saved_run_config(Path(str(resume))))
     for layer in layers:
         tree = _merge(tree, layer)
-    config = build(Config, tree, "")
+    config = build(Config, tree, "", errors)
+    if errors:
+        raise ConfigError(*errors)
+    config.user_set = frozenset(key for layer in user_layers for key in _leaf_keys(layer))
     if not config.output_dir:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         config.output_dir = str(Path("runs") / f"{config.env.name}-{stamp}")
@@ -439,16 +578,28 @@ def _coerce(annotation: Any, value: Any, key: str) -> Any:
     elif annotation is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, str):
+            word = value.strip().lower()
+            for meaning, words in _YAML_BOOL_WORDS.items():
+                if word in words:
+                    return meaning
     elif annotation is str and isinstance(value, str | int | float) and not isinstance(value, bool):
         return str(value)
     raise ConfigError(f"{key}: expected {_type_name(annotation)}, got {_given(value)}")
 
 
-def build(cls: type, tree: Any, prefix: str) -> Any:
-    """Validate a nested dict into dataclass `cls`, naming the full key of any mistake."""
+def build(cls: type, tree: Any, prefix: str, errors: list[str] | None = None) -> Any:
+    """Validate a nested dict into dataclass `cls`, naming the full key of any mistake.
+
+    With `errors` given, every problem is appended there (a bad key keeps its default) and
+    the caller raises once; without it the first problem raises.
+    """
+    collect = errors is not None
+    found: list[str] = errors if errors is not None else []
     where = prefix or "the root config"
     if not isinstance(tree, dict):
-        raise ConfigError(f"{where}: expected a mapping of keys, got {_given(tree)}")
+        found.append(f"{where}: expected a mapping of keys, got {_given(tree)}")
+        tree = {}
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -461,13 +612,25 @@ def build(cls: type, tree: Any, prefix: str) -> Any:
                 if close
                 else (f"; valid keys here: {', '.join(fields)}")
             )
-            raise ConfigError(f"unknown key {full_key!r}{hint}")
+            found.append(f"unknown key {full_key!r}{hint}")
+            continue
         annotation = hints[key]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[key] = build(annotation, value, full_key)
-        else:
-            kwargs[key] = _coerce(annotation, value, full_key)
-    return cls(**kwargs)
+        try:
+            if dataclasses.is_dataclass(annotation):
+                kwargs[key] = build(annotation, value, full_key, found)
+            else:
+                kwargs[key] = _coerce(annotation, value, full_key)
+        except ConfigError as error:
+            found.extend(error.problems)
+        if not collect and found:
+            raise ConfigError(*found)
+    try:
+        return cls(**kwargs)
+    except ConfigError as error:
+        if not collect:
+            raise
+        found.extend(error.problems)
+        return cls.__new__(cls)
 
 
 def load_judge_config(name: str) -> JudgeConfig:
@@ -478,4 +641,5 @@ def load_judge_config(name: str) -> JudgeConfig:
 
 
 def to_yaml(config: Config) -> str:
+    """The settings as they run: what --dry-run prints and a run directory keeps."""
     return yaml.safe_dump(dataclasses.asdict(config), sort_keys=False)

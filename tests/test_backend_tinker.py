@@ -505,6 +505,8 @@ def test_cli_trains_and_resumes_with_runner_tinker(server, monkeypatch, tmp_path
     assert len(server.applied_grads) == 2
     saved = json.loads((latest_checkpoint(run_dir) / "policy" / CHECKPOINT_FILE).read_text())
     assert saved["step"] == 2 and saved["state_path"] in server.checkpoints
+    # The final sampler and state paths are kept apart from the pruned checkpoints.
+    assert json.loads((run_dir / "final" / CHECKPOINT_FILE).read_text()) == saved
 
     resumed = CliRunner().invoke(train, [*arguments, "runner.train.steps=3", f"resume={run_dir}"])
     assert resumed.exit_code == 0, resumed.output

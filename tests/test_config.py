@@ -20,6 +20,8 @@ from synthstats.config import (
     resolve,
     to_yaml,
 )
+from synthstats.envs.spaces import get_space
+from synthstats.eval.recipe import SLOT_STEPS, apply_slot_recipe
 
 SEED_COMMANDS = [
     "runner=local env=dugongs policy=hf_qwen3_0_6b",
@@ -232,6 +234,98 @@ def test_help_documents_every_option():
 
 
 def test_dry_run_round_trips_through_yaml():
-    config = resolve(["env=dugongs", "output_dir=runs/x"])
-    dumped = yaml.safe_load(CliRunner().invoke(train, ["output_dir=runs/x", "--dry-run"]).output)
+    arguments = ["policy=mock", "output_dir=runs/x"]
+    config = resolve(arguments)
+    dumped = yaml.safe_load(CliRunner().invoke(train, [*arguments, "--dry-run"]).stdout)
     assert dumped == dataclasses.asdict(config)
+
+
+def test_dry_run_of_a_slot_run_prints_the_recipe_it_will_run():
+    dumped = yaml.safe_load(CliRunner().invoke(train, ["env=peregrines", "--dry-run"]).stdout)
+    assert dumped["runner"]["train"]["steps"] == SLOT_STEPS
+    assert (
+        dumped["objective"]["reward"]["temperature"] == get_space("peregrines").reward_temperature
+    )
+
+
+@pytest.mark.parametrize(
+    ("typed", "key", "value"),
+    [
+        # Equal to the shipped default, yet typed: the user's value must win.
+        ("runner.train.steps=100", "runner.train.steps", 100),
+        ("objective.reward.temperature=1.0", "objective.reward.temperature", 1.0),
+        ("logging.every=1", "logging.every", 1),
+    ],
+)
+def test_a_typed_value_always_wins_over_the_slot_recipe(typed, key, value, tmp_path):
+    dumped = yaml.safe_load(dry_run("env=peregrines", typed).stdout)
+    node = dumped
+    for part in key.split("."):
+        node = node[part]
+    assert node == value
+    # The same key from a config file counts as typed too.
+    file = tmp_path / "mine.yaml"
+    *parents, leaf = key.split(".")
+    tree: dict = {leaf: value}
+    for parent in reversed(parents):
+        tree = {parent: tree}
+    file.write_text(yaml.safe_dump(tree))
+    config, filled = apply_slot_recipe(
+        resolve(["env=peregrines"], str(file)), get_space("peregrines")
+    )
+    assert key not in filled
+
+
+def test_provenance_records_only_what_the_user_set(tmp_path):
+    file = tmp_path / "mine.yaml"
+    file.write_text("judge:\n  draws: 300\n")
+    config = resolve(["env=surgical", "runner.train.steps=100"], str(file))
+    assert config.user_set == {"runner.train.steps", "judge.draws"}
+    assert "user_set" not in to_yaml(config)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("policy.lora_r=0", "policy.lora_r must be >= 1, got 0"),
+        ("policy.max_new_tokens=0", "policy.max_new_tokens must be >= 1"),
+        ("judge.draws=0", "judge.draws must be >= 1"),
+        ("judge.chains=0", "judge.chains must be >= 1"),
+        ("judge.timeout_s=0", "judge.timeout_s must be > 0"),
+        ("runner.train.replay_capacity=0", "runner.train.replay_capacity must be >= 1"),
+        ("runner.train.learning_rate=-1e-4", "runner.train.learning_rate must be > 0"),
+        ("objective.lamda=0", "objective.lamda must be in (0, 1]"),
+        ("objective.lamda=1.5", "objective.lamda must be in (0, 1]"),
+        ("objective.reward.low=20", "objective.reward.low must be below objective.reward.high"),
+        (
+            "runner.train.exploration.temperature_min=2",
+            "temperature_min must be <= temperature_max",
+        ),
+        ("policy.lora_target_modules=[]", "policy.lora_target_modules must name at least one"),
+        ("policy.thinking=on", "policy.thinking: expected 'off' | 'latent', got 'on'"),
+        ("logging.every=0", "logging.every must be >= 1, got 0"),
+        ("runner.train.keep_checkpoints=0", "runner.train.keep_checkpoints must be >= 1"),
+        ("policy=hf_qwen3_0_6b policy.model_name=", "policy.kind=hf needs policy.model_name"),
+    ],
+)
+def test_each_range_and_relation_is_checked(override, message):
+    with pytest.raises(ConfigError) as raised:
+        resolve(override.split())
+    assert message in str(raised.value)
+    result = dry_run(*override.split())
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as raised:
+        resolve(["policy.lora_r=0", "objective.lamda=2", "judge.draws=abc", "runner.train.stepz=1"])
+    assert len(raised.value.problems) == 4
+    assert str(raised.value).startswith("4 problems in the settings:")
+    for fragment in ("policy.lora_r", "objective.lamda", "judge.draws", "runner.train.stepz"):
+        assert fragment in str(raised.value)
+
+
+def test_yes_and_no_still_read_as_booleans():
+    config = resolve(["policy.gradient_checkpointing=yes", "judge.cache=off"])
+    assert config.policy.gradient_checkpointing is True and config.judge.cache is False

@@ -16,6 +16,7 @@ PACKAGE = Path(synthstats.__file__).parent
 # Higher imports lower, never the reverse; equal layers do not import each other.
 LAYERS = {
     "errors": 0,
+    "progress": 0,  # progress bars for terminals and notebooks
     "config": 1,
     "envs": 2,
     "objectives": 2,
@@ -25,6 +26,8 @@ LAYERS = {
     "train": 5,
     "eval": 6,  # the jobs: evaluation and the validation job, which runs the trainer
     "cli": 7,
+    "launch": 7,  # `synthstats launch`: accelerate launch with a shipped config
+    "api": 7,  # the Python API: config resolution, training, scoring, evaluation
     "maintain": 7,
 }
 

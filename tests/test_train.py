@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,10 +15,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from peft import PeftModel
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from synthstats.backends import build_backend
 from synthstats.backends.mock_model import mock_model_folder
 from synthstats.cli import train
+from synthstats.config import resolve
 from synthstats.envs import get_env
 from synthstats.train.checkpoint import latest_checkpoint
 
@@ -62,9 +65,13 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def trained_state(run_dir: Path) -> dict[str, torch.Tensor]:
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None
-    state = torch.load(checkpoint / "policy" / "policy_state.pt", weights_only=False)
+    return policy_tensors(checkpoint / "policy")
+
+
+def policy_tensors(policy: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(policy / "policy_state.pt", weights_only=False)
     tensors = _tensors(state)
-    adapter = checkpoint / "policy" / "adapter"
+    adapter = policy / "adapter"
     from safetensors.torch import load_file
 
     tensors.update(load_file(str(adapter / "adapter_model.safetensors")))
@@ -128,16 +135,53 @@ def test_cli_run_writes_metrics_and_a_loadable_checkpoint(straight_run):
     assert (straight_run / "config.yaml").is_file()
 
 
-def test_training_changes_lora_weights_and_log_z(straight_run, workspace):
+def test_the_trained_adapter_is_kept_in_final_with_its_tokenizer(straight_run):
+    final = straight_run / "final" / "adapter"
+    base = AutoModelForCausalLM.from_pretrained(mock_model_folder())
+    model = PeftModel.from_pretrained(base, final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert tokenizer("x = 1")["input_ids"]
+    from safetensors.torch import load_file
+
+    last = latest_checkpoint(straight_run) / "policy" / "adapter" / "adapter_model.safetensors"
+    kept, trained = load_file(str(final / "adapter_model.safetensors")), load_file(str(last))
+    assert kept.keys() == trained.keys()
+    assert all(torch.equal(kept[key], trained[key]) for key in kept)
+    assert any("lora_" in name for name, _ in model.named_parameters())
+    assert "runner" in (straight_run / "final" / "config.yaml").read_text()
+
+
+def test_console_logging_prints_every_n_steps_and_keeps_n_checkpoints(workspace):
     root, demonstrations, cache = workspace
-    untrained_dir = root / "untrained"
+    run_dir = root / "console"
+    arguments = train_arguments(run_dir, demonstrations, cache, steps=4)
+    arguments = [a for a in arguments if not a.startswith("runner.train.checkpoint_every")]
     result = CliRunner().invoke(
         train,
-        train_arguments(untrained_dir, demonstrations, cache, steps=1)
-        + ["runner.train.learning_rate=0.0", "objective.log_z_lr=0.0"],
+        [
+            *arguments,
+            *("logging=console", "logging.every=2", "runner.train.checkpoint_every=1"),
+            "runner.train.keep_checkpoints=1",
+        ],
     )
     assert result.exit_code == 0, result.output
-    untrained = trained_state(untrained_dir)
+    steps_shown = re.findall(r"INFO synthstats.train: step (\d+) ", result.output)
+    assert steps_shown == ["0", "2"]
+    assert not (run_dir / "metrics.jsonl").exists()  # console: lines only
+    kept = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.is_dir())
+    assert kept == ["step-000004"]
+    assert (run_dir / "final" / "adapter" / "adapter_model.safetensors").is_file()
+    for fragment in ("run directory", "1 process(es)", "env dugongs", "judge: 1 worker(s)"):
+        assert fragment in result.output
+    assert f"trained policy: {run_dir / 'final'}" in result.output
+
+
+def test_training_changes_lora_weights_and_log_z(straight_run, workspace):
+    root, demonstrations, cache = workspace
+    arguments = train_arguments(root / "untrained", demonstrations, cache, steps=4)
+    config = resolve([a for a in arguments if not a.startswith("--")])
+    build_backend(config).save(root / "untrained" / "policy")  # the policy before any step
+    untrained = policy_tensors(root / "untrained" / "policy")
     trained = trained_state(straight_run)
     lora_keys = [key for key in trained if "lora_" in key]
     assert lora_keys
@@ -174,9 +218,12 @@ def test_a_finished_run_directory_is_not_overwritten(straight_run, workspace):
     assert f"resume={straight_run}" in result.output
 
 
-def test_sigterm_writes_a_checkpoint_before_exit(workspace):
+@pytest.mark.parametrize(
+    ("signal_number", "exit_code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)]
+)
+def test_sigterm_and_ctrl_c_write_a_checkpoint_before_exit(workspace, signal_number, exit_code):
     root, demonstrations, cache = workspace
-    run_dir = root / "interrupted"
+    run_dir = root / f"interrupted-{signal_number}"
     arguments = train_arguments(run_dir, demonstrations, cache, steps=500)
     arguments = [a for a in arguments if not a.startswith("runner.train.checkpoint_every")]
     process = subprocess.Popen(
@@ -198,34 +245,61 @@ def test_sigterm_writes_a_checkpoint_before_exit(workspace):
             assert process.poll() is None, process.stdout.read().decode()
             assert time.monotonic() < deadline, "no step logged in time"
             time.sleep(0.5)
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signal_number)
         output = process.communicate(timeout=120)[0].decode()
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 143, output
+    assert process.returncode == exit_code, output
+    assert "Traceback" not in output
     checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None, output
     steps_logged = len(read_metrics(run_dir))
     assert checkpoint.name == f"step-{steps_logged:06d}"
     assert steps_logged < 500
+    assert not (run_dir / "final").exists()  # only a finished run has a final policy
 
 
-def test_wandb_offline_logs_the_run(workspace, monkeypatch):
+def wandb_offline_runs(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_offline_keeps_one_run_id_across_resume_and_logs_programs(workspace, monkeypatch):
     root, demonstrations, cache = workspace
     run_dir = root / "wandb-offline"
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb_settings = [
+        *("logging=wandb", "logging.programs_every=1", "logging.wandb_group=ablation"),
+        *("logging.wandb_tags=[smoke,cpu]", "logging.wandb_log_model=true"),
+    ]
     result = CliRunner().invoke(
-        train, train_arguments(run_dir, demonstrations, cache, steps=1) + ["logging=wandb"]
+        train, train_arguments(run_dir, demonstrations, cache, steps=1) + wandb_settings
     )
     assert result.exit_code == 0, result.output
     assert len(read_metrics(run_dir)) == 1
-    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert offline_runs, list(run_dir.iterdir())
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    (first,) = wandb_offline_runs(run_dir)
+    assert first.name.endswith(run_id)
+    logged = (first / f"run-{run_id}.wandb").read_bytes()
+    for expected in (b"programs", b"ablation", b"smoke", b"-final"):
+        assert expected in logged, expected
+    tables = list((first / "files" / "media" / "table").glob("programs_*.table.json"))
+    assert tables
+    table = json.loads(tables[0].read_text())
+    assert table["columns"] == ["program", "ok", "error_kind", "elpd", "log_reward"]
+    assert len(table["data"]) == 3  # the fresh samples of a batch of 4 with 1 replayed
+
+    resumed = CliRunner().invoke(
+        train, [f"resume={run_dir}", "runner.train.steps=2", "--no-progress"]
+    )
+    assert resumed.exit_code == 0, resumed.output
+    assert (run_dir / "wandb_run_id").read_text().strip() == run_id
+    runs = wandb_offline_runs(run_dir)
+    assert len(runs) == 2 and all(run.name.endswith(run_id) for run in runs)
 
 
-def test_wandb_without_login_fails_at_start_with_the_fix(workspace, monkeypatch, tmp_path):
+def test_wandb_without_login_fails_at_start_and_leaves_no_run_dir(workspace, monkeypatch, tmp_path):
     root, demonstrations, cache = workspace
     run_dir = root / "wandb-online"
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -238,7 +312,7 @@ def test_wandb_without_login_fails_at_start_with_the_fix(workspace, monkeypatch,
         train_arguments(run_dir, demonstrations, cache, steps=1)
         + ["logging=wandb", "logging.wandb_mode=online"],
     )
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # a failure while starting, not a usage error
     assert "logging=wandb could not start" in result.output
     assert "WANDB_MODE=offline" in result.output
-    assert latest_checkpoint(run_dir) is None
+    assert not run_dir.exists()

@@ -25,11 +25,14 @@ def eval_command(run_dir: Path, samples: int, checkpoint: Path | None, as_json: 
 
     Writes RUN_DIR/eval_report.json and PNG plots; policy=slot runs get exact metrics.
     """
-    from synthstats.eval.evaluate import evaluate, summary_text
+    from synthstats.config import ConfigError
+    from synthstats.eval.evaluate import EvalError, evaluate, summary_text
 
     try:
         report = evaluate(run_dir, samples=samples, checkpoint=checkpoint)
-    except UserFacingError as error:
+    except (EvalError, ConfigError) as error:  # the run directory or options: exit 2
+        raise click.UsageError(str(error)) from None
+    except UserFacingError as error:  # a failure while evaluating: exit 1
         raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(json.dumps(report, indent=2))

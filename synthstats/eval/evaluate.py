@@ -27,6 +27,7 @@ from synthstats.errors import UserFacingError
 from synthstats.eval.metrics import importance_log_partition, spearman
 from synthstats.judge.extract import extract_program
 from synthstats.objectives import ThinkingMode, objective_log_reward
+from synthstats.progress import gather, progress_bar
 from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
 
 REPORT_NAME = "eval_report.json"
@@ -86,7 +87,25 @@ def evaluate(run_dir: Path, *, samples: int = 64, checkpoint: Path | None = None
     else:
         report = _sampled_report(config, run_dir, checkpoint, step, samples)
     (run_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n")
+    if config.logging.backend == "wandb":
+        _log_to_wandb(config, run_dir, report)
     return report
+
+
+def _log_to_wandb(config, run_dir: Path, report: dict) -> None:
+    """The report's numbers (as eval/KEY) and plots, into the run's own W&B run."""
+    import dataclasses
+
+    from synthstats.train.metrics import MetricsLogger
+
+    logging_cfg = dataclasses.replace(config.logging, backend="console")
+    metrics = MetricsLogger(run_dir, logging_cfg)
+    try:
+        metrics.start_wandb(config, run_dir)
+        values = {f"eval/{key}": value for key, value in report.items()}
+        metrics.log_summary(values, [Path(plot) for plot in report.get("plots", [])])
+    finally:
+        metrics.close()
 
 
 def _checkpoint_step(checkpoint: Path) -> int:
@@ -117,15 +136,18 @@ def _sampled_report(config, run_dir: Path, checkpoint: Path, step: int, samples:
     prompt_ids = backend.render_prompt(env.render_prompt())
     rollouts = []
     chunk = max(1, int(config.runner.train.batch_size))
-    while len(rollouts) < samples:
-        count = min(chunk, samples - len(rollouts))
-        rollouts.extend(backend.sample(env.name, prompt_ids, [1.0] * count))
+    with progress_bar(samples, f"sampling {env.name}", unit="sample") as bar:
+        while len(rollouts) < samples:
+            count = min(chunk, samples - len(rollouts))
+            rollouts.extend(backend.sample(env.name, prompt_ids, [1.0] * count))
+            bar.update(count)
 
     untruncated = [rollout.text for rollout in rollouts if not rollout.truncated]
     judged_scores = []
     if untruncated:  # a completion cut at max_new_tokens fails as no_program, unjudged
         with JudgePool(config.judge) as judge:
-            judged_scores = judge.score(env, untruncated)
+            futures = [judge.submit(env, text) for text in untruncated]
+            judged_scores = gather(futures, f"scoring {env.name}", unit="program")
     judged = iter(judged_scores)
     scores = [None if rollout.truncated else next(judged) for rollout in rollouts]
     ok = [score is not None and score.ok for score in scores]

@@ -6,10 +6,10 @@ it wobbling by about 0.1 around log sum R, the size of the target error) and its
 reward temperature (the one that makes p* a hard target); it does not resume, so it writes
 only the final checkpoint (the trained policy).
 
-The config records no provenance, so a setting equal to its shipped default counts as
-unset and takes the slot value (runner.train.steps=100 gives 2000 steps; ask for 101);
-any other value, from the command line or a config file, is kept. The filled-in values
-are logged and saved in the run's config.yaml.
+A setting the user gave (on the command line or in a config file: `Config.user_set`) is
+always kept, even when it equals the shipped default (runner.train.steps=100 runs 100
+steps); every other one takes the slot value. The filled-in values are logged and saved in
+the run's config.yaml.
 """
 
 from __future__ import annotations
@@ -38,17 +38,14 @@ def slot_settings(space: ProgramSpace, steps: int) -> dict[str, Any]:
 
 
 def apply_slot_recipe(config: Config, space: ProgramSpace) -> tuple[Config, dict[str, Any]]:
-    """A copy of config with the slot settings wherever config holds the shipped default,
-    and the settings that were filled in."""
-    shipped = Config()
+    """A copy of config with the slot settings wherever the user set nothing, and the
+    settings that were filled in."""
     filled_config = copy.deepcopy(config)
-    steps = _get(config, "runner.train.steps")
-    if steps == _get(shipped, "runner.train.steps"):
-        steps = SLOT_STEPS
+    given = config.user_set
+    steps = _get(config, "runner.train.steps") if "runner.train.steps" in given else SLOT_STEPS
     filled: dict[str, Any] = {}
     for key, value in slot_settings(space, steps).items():
-        current = _get(config, key)
-        if current == _get(shipped, key) and current != value:
+        if key not in given and _get(config, key) != value:
             _set(filled_config, key, value)
             filled[key] = value
     return filled_config, filled

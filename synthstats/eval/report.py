@@ -25,10 +25,11 @@ class TrainedPolicy:
     """One policy's training: its evaluation history and final p_theta over the space."""
 
     name: str
-    steps: int  # steps trained: fewer than configured if a SIGTERM stopped it
+    steps: int  # steps trained: fewer than configured if a SIGTERM or Ctrl-C stopped it
     history: Sequence[Mapping[str, Any]]
     probabilities: np.ndarray  # in space.completions order
     seconds: float
+    stopped_by: int | None = None  # the signal that stopped it early
 
 
 def build_report(

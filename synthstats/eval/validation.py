@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from synthstats.backends import build_backend
-from synthstats.config import Config, to_yaml
+from synthstats.config import Config, ConfigError, to_yaml
 from synthstats.envs import get_env
 from synthstats.envs.base import Env
 from synthstats.envs.spaces import get_space
@@ -46,9 +44,11 @@ from synthstats.eval.target import space_reference_elpd
 from synthstats.eval.tracking import MetricsTracker, SpaceTarget
 from synthstats.judge.shipped import ShippedScoresJudge
 from synthstats.objectives import Objective, build_objective
+from synthstats.progress import progress_bar
+from synthstats.train.checkpoint import export_final, latest_checkpoint
 from synthstats.train.loop import Trainer
 from synthstats.train.metrics import MetricsLogger
-from synthstats.train.run_dir import RunError, RunSummary, open_run_dir, setup_logging
+from synthstats.train.run_dir import RunSummary, open_run_dir, setup_logging
 
 log = logging.getLogger("synthstats.eval")
 
@@ -60,16 +60,16 @@ EVALUATIONS = 100
 def run_validation(config: Config, *, show_progress: bool = True) -> RunSummary:
     """Train the slot policy and the baseline, then write the report and plots and print
     the summary. RunSummary counts the steps of both trainings."""
-    run_dir, _ = open_run_dir(config)
-    setup_logging(run_dir)
     _refuse_unsupported(config)
     try:
         space = get_space(config.env.name)
     except ValueError as error:
-        raise RunError(
+        raise ConfigError(
             f"{error}. policy=slot (the default) needs one; for other envs choose a language "
             "model, e.g. policy=hf_qwen3_0_6b"
         ) from None
+    run_dir, _ = open_run_dir(config)
+    setup_logging(run_dir)
     config, recipe = apply_slot_recipe(config, space)
     for key, value in recipe.items():
         log.info(
@@ -96,16 +96,25 @@ def run_validation(config: Config, *, show_progress: bool = True) -> RunSummary:
     with _one_torch_thread():
         ours = train(GFLOWNET, config, build_objective(config.objective), run_dir)
         if ours.steps < steps:
-            return _stopped(run_dir, ours.steps, steps)
+            return _stopped(run_dir, ours.steps, steps, ours.stopped_by)
         baseline_config = reward_maximiser_config(config)
         baseline = train(BASELINE, baseline_config, PolicyGradient(), run_dir / "baseline")
         if baseline.steps < steps:
-            return _stopped(run_dir, steps + baseline.steps, steps)
+            return _stopped(run_dir, steps + baseline.steps, steps, baseline.stopped_by)
     report = build_report(config, target, judge.shipped, ours, baseline, recipe)
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(run_dir, target, ours, baseline)
+    final = export_final(run_dir, latest_checkpoint(run_dir))
+    if config.logging.backend == "wandb":
+        metrics = MetricsLogger(run_dir, dataclasses.replace(config.logging, backend="console"))
+        try:
+            metrics.start_wandb(config, run_dir)
+            metrics.log_summary(report, [run_dir / "programs.png", run_dir / "curves.png"])
+            metrics.log_model(final, f"{run_dir.name}-final")
+        finally:
+            metrics.close()
     print(summary_text(report, GFLOWNET, BASELINE))
-    print(f"report, plots and metrics: {run_dir}")
+    print(f"report, plots and metrics: {run_dir}; trained policy: {final}")
     return RunSummary(run_dir, 2 * steps, 2 * steps)
 
 
@@ -139,7 +148,7 @@ def _refuse_unsupported(config: Config) -> None:
     }
     found = [name for name, present in problems.items() if present]
     if found:
-        raise RunError(
+        raise ConfigError(
             f"policy=slot does not support {', '.join(found)}: a slot run takes a minute or "
             "two from scratch against one fixed target p*, and reports the learned log Z"
         )
@@ -167,12 +176,7 @@ def _train(
         if config.logging.backend == "wandb":
             metrics.start_wandb(config, run_dir)
         trainer = Trainer(config, env, backend, judge, objective, metrics, run_dir, config_yaml)
-        with tqdm(
-            total=steps,
-            desc=f"{env.name}: {name}",
-            unit="step",
-            disable=not show_progress or not sys.stderr.isatty(),
-        ) as bar:
+        with progress_bar(steps, f"{env.name}: {name}", show=show_progress, unit="step") as bar:
             tracker = MetricsTracker(
                 name,
                 backend,
@@ -191,7 +195,9 @@ def _train(
         metrics.close()
     log_p = backend.exact_log_probs()
     probabilities = np.exp([log_p[text] for text in target.space.completions])
-    return TrainedPolicy(name, state.step, tracker.history, probabilities, seconds)
+    return TrainedPolicy(
+        name, state.step, tracker.history, probabilities, seconds, trainer.stopped_by
+    )
 
 
 def _plot(run_dir: Path, target: SpaceTarget, ours: TrainedPolicy, baseline: TrainedPolicy) -> None:
@@ -224,10 +230,10 @@ def _one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def _stopped(run_dir: Path, done: int, steps: int) -> RunSummary:
+def _stopped(run_dir: Path, done: int, steps: int, stopped_by: int | None) -> RunSummary:
     log.warning(
         "stopped after %d of %d steps (both policies); slot runs do not resume: start a new one",
         done,
         2 * steps,
     )
-    return RunSummary(run_dir, done, 2 * steps)
+    return RunSummary(run_dir, done, 2 * steps, stopped_by)

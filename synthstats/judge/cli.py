@@ -20,6 +20,7 @@ import click
 from synthstats.judge.pool import JudgePool
 from synthstats.judge.sandbox import JudgeUnavailable
 from synthstats.judge.score import Score
+from synthstats.progress import gather
 
 
 @click.command("score")
@@ -62,7 +63,7 @@ def score(
         judge_cfg = load_judge_config(judge_name)
     except ConfigError as error:
         raise click.BadParameter(str(error), param_hint="--judge") from None
-    texts = [_as_completion(path.read_text(errors="replace")) for path in files]
+    texts = [as_completion(path.read_text(errors="replace")) for path in files]
     try:
         pool = JudgePool(
             judge_cfg,
@@ -71,7 +72,8 @@ def score(
             eager=False,  # a file of cache hits or gate failures needs no worker
         )
         with pool:
-            scores = pool.score(env, texts)
+            futures = [pool.submit(env, text) for text in texts]
+            scores = gather(futures, f"scoring on {env.name}", show=len(texts) > 1, unit="file")
     except JudgeUnavailable as error:
         raise click.ClickException(str(error)) from None
     log_rewards = _display_log_rewards(scores, env.reference_elpd)
@@ -83,7 +85,7 @@ def score(
             click.echo(f"{path}: {_describe(result, log_reward)}")
 
 
-def _as_completion(text: str) -> str:
+def as_completion(text: str) -> str:
     """A bare program file is taken as the program; anything with a fence as a completion."""
     return text if "```" in text else f"```python\n{text}\n```\n"
 

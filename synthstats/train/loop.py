@@ -118,22 +118,38 @@ class LoopState:
 
 
 class _StopRequest:
-    """SIGTERM asks the loop to checkpoint after the current step, then stop."""
+    """SIGTERM or Ctrl-C (SIGINT) asks the loop to checkpoint after the current step, then
+    stop; a second Ctrl-C stops at once, without the checkpoint."""
+
+    _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self) -> _StopRequest:
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        for number in self._SIGNALS:
+            self._previous[number] = signal.signal(number, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        log.warning("SIGTERM: finishing this step, writing a checkpoint, then stopping")
-        self.requested = True
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        name = signal.Signals(signum).name
+        log.warning(
+            "%s: finishing this step, writing a checkpoint, then stopping%s",
+            name,
+            " (Ctrl-C again stops at once)" if signum == signal.SIGINT else "",
+        )
+        self.signal = signum
 
     def __exit__(self, *exc_info: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
 
 
 class Trainer:
@@ -166,6 +182,8 @@ class Trainer:
         self.local_batch_size = self.distributed.share(config.runner.train.batch_size)
         self.prompt_key = env.name
         self.prompt_ids = backend.render_prompt(env.render_prompt())
+        # The signal that ended the last run() early (on every rank), or None.
+        self.stopped_by: int | None = None
 
     def new_state(self, initial_replay: Sequence[ReplayItem] = ()) -> LoopState:
         state = LoopState(
@@ -193,6 +211,10 @@ class Trainer:
                 state.next_batch = None
                 if self.metrics is not None:
                     self.metrics.log(metrics)
+                    if self.metrics.wants_programs(state.step):
+                        self.metrics.log_programs(
+                            state.step, self._program_rows(current, state.step - 1)
+                        )
                 if progress is not None:
                     progress(1)
                 final = state.step == train.steps
@@ -203,6 +225,7 @@ class Trainer:
                     pending = None
                     self.checkpoint(state)
                 if stopping:
+                    self.stopped_by = stop.signal or signal.SIGTERM
                     break
         return state
 
@@ -215,6 +238,7 @@ class Trainer:
             loop_state=self.distributed.checkpoint_loop_state(state.state_dict()),
             config_yaml=self.config_yaml,
             is_main=self.distributed.is_main,
+            keep=self.config.runner.train.keep_checkpoints,
         )
         if self.distributed.is_main:
             log.info("checkpoint written: %s", path)
@@ -291,6 +315,28 @@ class Trainer:
             "sample_seconds": batch.sample_seconds,
             "tokens_per_second": tokens / batch.sample_seconds if batch.sample_seconds else None,
         }
+
+    def _program_rows(self, batch: ScoredBatch, step: int) -> list[dict[str, Any]]:
+        """This rank's fresh samples of a step with their scores, for a table of programs."""
+        log_rewards = tempered_log_reward(
+            [score.elpd_loo if score.ok else math.nan for score in batch.scores],
+            [score.ok for score in batch.scores],
+            reference_elpd=self.env.reference_elpd,
+            step=step,
+            cfg=self.config.objective.reward,
+        )
+        return [
+            {
+                "program": extract_program(rollout.text) or rollout.text,
+                "ok": score.ok,
+                "error_kind": score.error_kind,
+                "elpd": score.elpd_loo if score.ok else None,
+                "log_reward": float(log_reward),
+            }
+            for rollout, score, log_reward in zip(
+                batch.rollouts, batch.scores, log_rewards, strict=True
+            )
+        ]
 
     def _fresh_item(self, rollout: Rollout, score: Score, step: int) -> ReplayItem:
         program = extract_program(rollout.text)

@@ -8,17 +8,17 @@ synthstats-train resume=runs/dugongs-20261125-101500       # continue a stopped 
 from __future__ import annotations
 
 import logging
-import sys
-
-from tqdm.auto import tqdm
+from pathlib import Path
 
 from synthstats.backends import build_backend
 from synthstats.backends.distributed import Distributed
 from synthstats.config import Config, to_yaml
 from synthstats.envs import get_env
-from synthstats.judge.pool import JudgePool
+from synthstats.judge.pool import JudgePool, default_workers
+from synthstats.judge.sandbox import containment_for
 from synthstats.objectives import build_objective
-from synthstats.train.checkpoint import load_loop_state
+from synthstats.progress import progress_bar
+from synthstats.train.checkpoint import export_final, latest_checkpoint, load_loop_state
 from synthstats.train.loop import LoopState, Trainer
 from synthstats.train.metrics import MetricsLogger
 from synthstats.train.run_dir import RunError, RunSummary, open_run_dir, setup_logging
@@ -28,7 +28,7 @@ log = logging.getLogger("synthstats.train")
 
 
 def run(config: Config, *, show_progress: bool = True) -> RunSummary:
-    """Train as configured, until the configured steps or a SIGTERM.
+    """Train as configured, until the configured steps, a SIGTERM or a Ctrl-C.
 
     Under `accelerate launch` every rank runs this; the main rank writes the run directory.
     """
@@ -43,6 +43,7 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
     if distributed.is_main:
         (run_dir / "config.yaml").write_text(config_yaml)
     env = get_env(config.env.name)
+    _log_start(config, run_dir, distributed)
     backend = build_backend(config, distributed=distributed)
     resumed_step = None
     if checkpoint is not None:
@@ -51,10 +52,16 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
     metrics = None
     if distributed.is_main:
         metrics = MetricsLogger(run_dir, config.logging, resume_after=resumed_step)
-        if config.logging.backend == "wandb":
-            metrics.start_wandb(config, run_dir)
     try:
+        if metrics is not None and config.logging.backend == "wandb":
+            metrics.start_wandb(config, run_dir)
         with JudgePool(config.judge) as judge:
+            log.info(
+                "judge: %d worker(s), sandbox %s, budget %s",
+                config.judge.workers or default_workers(),
+                containment_for(config.judge.sandbox),
+                f"{config.judge.draws} draws x {config.judge.chains} chains",
+            )
             trainer = Trainer(
                 config,
                 env,
@@ -83,20 +90,46 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
                     )
                 )
             total = config.runner.train.steps
-            with tqdm(
-                total=total,
-                initial=state.step,
-                desc=f"training {env.name}",
+            with progress_bar(
+                total,
+                f"training {env.name}",
+                show=show_progress and distributed.is_main,
                 unit="step",
-                disable=not show_progress or not sys.stderr.isatty() or not distributed.is_main,
+                initial=state.step,
             ) as bar:
                 state = trainer.run(state, progress=bar.update)
+        summary = RunSummary(run_dir, state.step, total, trainer.stopped_by)
+        if summary.finished and distributed.is_main:
+            final = export_final(run_dir, latest_checkpoint(run_dir), _tokenizer(backend))
+            if metrics is not None:
+                metrics.log_model(final, f"{run_dir.name}-final")
     finally:
         if metrics is not None:
             metrics.close()
-    summary = RunSummary(run_dir, state.step, total)
     if summary.finished:
         log.info("finished %d steps; run directory: %s", total, run_dir)
+        log.info("trained policy: %s (evaluate: synthstats eval %s)", run_dir / "final", run_dir)
     else:
         log.warning("stopped at step %d of %d; continue with resume=%s", state.step, total, run_dir)
     return summary
+
+
+def _log_start(config: Config, run_dir: Path, distributed: Distributed) -> None:
+    policy = config.policy
+    model = "a tiny random Qwen3 (policy=mock)" if policy.kind == "mock" else policy.model_name
+    log.info(
+        "run directory %s; %d process(es); env %s; policy %s (%s, LoRA r=%d); %d steps of %d",
+        run_dir,
+        distributed.world_size,
+        config.env.name,
+        model,
+        config.runner.name,
+        policy.lora_r,
+        config.runner.train.steps,
+        config.runner.train.batch_size,
+    )
+
+
+def _tokenizer(backend: object) -> object | None:
+    """The local policy's tokenizer, saved beside the final adapter (None elsewhere)."""
+    return getattr(backend, "tokenizer", None)
