@@ -15,14 +15,35 @@ import httpx
 import pytest
 import tinker
 import torch
-from fake_tinker import HANG, FakeServer, rate_limit_error
+from fake_tinker import (
+    HANG,
+    LOST,
+    POISONED,
+    STALL,
+    FakeServer,
+    Queued,
+    Returns,
+    promise_expired,
+    rate_limit_error,
+    request_failed,
+    service_model_folder,
+    status_error,
+)
+from tinker import types
+from tinker.types import RequestErrorCategory
 
 from synthstats.backends import TrainBatch, build_backend
 from synthstats.backends.local import LocalBackend
 from synthstats.backends.tinker import CHECKPOINT_FILE, STATE_FILE, TinkerBackend, lora_blocks
 from synthstats.backends.tinker_connection import TinkerSetupError
 from synthstats.backends.tinker_datums import completion_log_probs, trajectory_datum
-from synthstats.backends.tinker_retry import TinkerBackendError, TinkerTimeoutError
+from synthstats.backends.tinker_chat import QWEN3_HEAD
+from synthstats.backends.tinker_retry import (
+    TinkerBackendError,
+    TinkerFatalError,
+    TinkerStepError,
+    TinkerTimeoutError,
+)
 from synthstats.config import Config, ConfigError
 from synthstats.judge.score import Score
 from synthstats.objectives import build_objective
@@ -63,8 +84,12 @@ def perturbed_local(config: Config) -> LocalBackend:
 
 @pytest.fixture(scope="module")
 def base_lm():
-    """The fake server's model: the mock policy's PEFT model with a non-zero adapter."""
-    return perturbed_local(config_for("local")).module.lm
+    """The fake server's model: a tiny Qwen3 with the service's full head (151,936 outputs,
+    the tokenizer names 151,669), as a PEFT model with a non-zero adapter."""
+    folder = str(service_model_folder())
+    return perturbed_local(
+        config_for("local", policy__kind="hf", policy__model_name=folder)
+    ).module.lm
 
 
 @pytest.fixture
@@ -146,7 +171,9 @@ def test_gradients_and_loss_match_the_local_backend(make_backend):
     }
     local = perturbed_local(config_for("local", **frozen))
     server = FakeServer(copy.deepcopy(local.module.lm))
-    hosted = make_backend(config_for("tinker", **frozen), fake=server)
+    # The mock model's head is its tokenizer (151,669 ids), so both normalise alike.
+    head = {"policy__head_size": local.module.lm.config.vocab_size}
+    hosted = make_backend(config_for("tinker", **frozen, **head), fake=server)
     with torch.no_grad():
         local.module.log_z.values.fill_(3.0)
     hosted.log_z.load_state_dict(local.module.log_z.state_dict())
@@ -178,7 +205,11 @@ def test_sequence_log_probs_match_the_local_backend(make_backend):
     """Same weights, same trajectories: the summed completion log-probs eval reads from the
     Tinker sampler (compute_logprobs) equal the local backend's, at temperature 1."""
     local = perturbed_local(config_for("local"))
-    hosted = make_backend(fake=FakeServer(copy.deepcopy(local.module.lm)))
+    head = local.module.lm.config.vocab_size
+    hosted = make_backend(
+        config_for("tinker", policy__head_size=head),
+        fake=FakeServer(copy.deepcopy(local.module.lm)),
+    )
     batch = two_trajectories(local)
 
     expected = local.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
@@ -188,7 +219,7 @@ def test_sequence_log_probs_match_the_local_backend(make_backend):
     torch.testing.assert_close(scored, expected, rtol=1e-6, atol=1e-4)
 
 
-def test_step_submits_the_optimizer_step_before_waiting_and_refreshes_the_sampler(
+def test_step_submits_the_optimizer_step_before_waiting_and_the_next_sample_sees_it(
     make_backend, server
 ):
     backend = make_backend(config_for("tinker", train__learning_rate=1e-2))
@@ -201,11 +232,12 @@ def test_step_submits_the_optimizer_step_before_waiting_and_refreshes_the_sample
     assert step_events.index("submit optim_step") < step_events.index(
         "wait forward_backward_custom"
     )
-    assert step_events[-2:] == [
+    assert step_events[-1] == "wait optim_step"
+    backend.sample("dugongs", prompt, [1.0])
+    assert server.events[before + len(step_events) :][:2] == [
         "submit save_weights_and_get_sampling_client",
         "wait save_weights_and_get_sampling_client",
     ]
-    backend.sample("dugongs", prompt, [1.0])
     assert server.sample_versions == [0, 1]  # the second draw sees the trained weights
 
 
@@ -215,7 +247,9 @@ def test_sample_returns_one_rollout_per_temperature_in_order(make_backend, serve
     rollouts = backend.sample("dugongs", prompt, [1.0, 1.5, 1.0])
 
     assert [r.temperature for r in rollouts] == [1.0, 1.5, 1.0]
-    assert server.events.count("submit sample") == 2  # one request per temperature
+    # One request per sample, each with its own seed.
+    assert [n for n, _ in server.sample_requests] == [1, 1, 1]
+    assert len({seed for _, seed in server.sample_requests}) == 3
     for rollout in rollouts:
         assert rollout.prompt_ids == tuple(prompt)
         assert 1 <= len(rollout.completion_ids) <= 8
@@ -254,8 +288,9 @@ def test_a_bad_request_is_not_retried(make_backend, server):
         "prompt too long", response=httpx.Response(400, request=request), body=None
     )
     server.failures["sample"] = [bad]
-    with pytest.raises(tinker.BadRequestError):
+    with pytest.raises(TinkerFatalError, match=r"refused sampling \(400\)") as raised:
         backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    assert raised.value.__cause__ is bad
     assert server.events.count("submit sample") == 1
 
 
@@ -283,7 +318,7 @@ def test_a_failed_forward_backward_stops_without_applying_the_batch(make_backend
     server.failures["forward_backward_custom"] = [rate_limit_error()]
     log_z_before = backend.log_z.values.detach().clone()
 
-    with pytest.raises(TinkerBackendError, match="resume the run from its last checkpoint"):
+    with pytest.raises(TinkerStepError, match="reload the last checkpoint"):
         backend.train_step(batch, build_objective(Config().objective))
     assert server.applied_grads == []
     assert torch.equal(backend.log_z.values.detach(), log_z_before)
@@ -317,11 +352,12 @@ def test_an_unsupported_model_lists_the_supported_ones(make_backend):
         make_backend(config)
 
 
-def test_a_non_qwen3_model_needs_its_own_tokenizer(make_backend):
+def test_a_model_outside_the_family_table_needs_tokenizer_format_and_head(make_backend):
     config = config_for("tinker")
-    config.policy.model_name = "Qwen/Qwen3.5-4B"
-    with pytest.raises(ConfigError, match="policy.tokenizer=Qwen/Qwen3.5-4B"):
-        make_backend(config)
+    for name in ("Qwen/Qwen3.5-4B", "Qwen/Qwen3-VL-8B-Instruct"):
+        config.policy.model_name = name
+        with pytest.raises(ConfigError, match="policy.tokenizer.*chat_format.*head_size"):
+            make_backend(config)
 
 
 def test_lora_target_modules_choose_the_tinker_blocks(make_backend, server):

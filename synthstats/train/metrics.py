@@ -58,6 +58,12 @@ class MetricsLogger:
                 "WANDB_MODE=offline (or logging.wandb_mode=offline) to log without a network."
             ) from error
 
+    def rewind(self, step: int) -> None:
+        """Drop lines after `step`: the loop reloaded that checkpoint and logs them again."""
+        self._file.close()
+        _truncate_after(self.path, step)
+        self._file = self.path.open("a")
+
     def log(self, metrics: Mapping[str, Any]) -> None:
         self._file.write(json.dumps(_finite(metrics)) + "\n")
         self._file.flush()
