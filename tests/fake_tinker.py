@@ -28,6 +28,7 @@ backward from the weights the SDK sends, AdamW steps and checkpoints really happ
 - queue reports: a training client passes them to its `_queue_state_logger` (a real
   QueueStateLogger) and a sampling client to itself, as in the SDK.
 
+A Queued request is reported active while it then runs, as the SDK's polls see it.
 `events` lists every submission and wait in order; `failures[request]` holds what the
 next requests of that name do instead of answering: an exception (raised at result()),
 HANG (never answers), Queued(seconds) (reported as queued, then answered), Returns(value)
@@ -45,7 +46,7 @@ import itertools
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,11 +173,14 @@ class Worker:
             try:
                 if self.poisoned is not None:
                     raise RuntimeError(f"{POISONED} (fake)") from self.poisoned
-                if isinstance(failure, Queued):
-                    self._queue(failure)
                 if isinstance(failure, BaseException):
                     raise failure
-                value = failure.value if isinstance(failure, Returns) else work()
+                if isinstance(failure, Queued):
+                    self._queue(failure)
+                    with self._reporting(QueueState.ACTIVE, failure.every):
+                        value = work()
+                else:
+                    value = failure.value if isinstance(failure, Returns) else work()
                 if failure is LOST:
                     raise promise_expired()
                 future.set_result(value)
@@ -187,6 +191,23 @@ class Worker:
 
         self._executor.submit(run)
         return FakeFuture(server, what, future)
+
+    @contextlib.contextmanager
+    def _reporting(self, state: QueueState, every: float) -> Iterator[None]:
+        """Report `state` every `every` s while the body runs (a polled, running request)."""
+        done = threading.Event()
+
+        def report() -> None:
+            while not done.wait(every):
+                self.observer().on_queue_state_change(state, None)
+
+        reporter = threading.Thread(target=report, daemon=True)
+        reporter.start()
+        try:
+            yield
+        finally:
+            done.set()
+            reporter.join()
 
     def _queue(self, queued: Queued) -> None:
         until = time.monotonic() + queued.seconds

@@ -9,9 +9,11 @@ import json
 import logging
 import math
 import os
+import threading
 from concurrent.futures import Future
 
 import httpx
+import numpy as np
 import pytest
 import tinker
 import torch
@@ -35,9 +37,9 @@ from tinker.types import RequestErrorCategory
 from synthstats.backends import TrainBatch, build_backend
 from synthstats.backends.local import LocalBackend
 from synthstats.backends.tinker import CHECKPOINT_FILE, STATE_FILE, TinkerBackend, lora_blocks
+from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_connection import TinkerSetupError
 from synthstats.backends.tinker_datums import completion_log_probs, trajectory_datum
-from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_retry import (
     TinkerBackendError,
     TinkerFatalError,
@@ -45,6 +47,7 @@ from synthstats.backends.tinker_retry import (
     TinkerTimeoutError,
 )
 from synthstats.config import Config, ConfigError
+from synthstats.errors import PolicyStepError
 from synthstats.judge.score import Score
 from synthstats.objectives import build_objective
 
@@ -324,6 +327,210 @@ def test_a_failed_forward_backward_stops_without_applying_the_batch(make_backend
     assert torch.equal(backend.log_z.values.detach(), log_z_before)
     with pytest.raises(TinkerBackendError, match="last checkpoint"):
         backend.train_step(batch, build_objective(Config().objective))
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (status_error(tinker.AuthenticationError, 401), "rejected the API key.*TINKER_API_KEY"),
+        (status_error(tinker.BillingError, 402), "billing problem.*Tinker console"),
+        (ValueError("Error retrieving result: 404"), "SDK does not retry it.*tinker 0.38"),
+        (request_failed(RequestErrorCategory.User, "bad input"), "request error \\(user\\)"),
+    ],
+)
+def test_fatal_sdk_errors_stop_at_once_with_what_to_do(make_backend, server, error, message):
+    backend = make_backend()
+    server.failures["sample"] = [error]
+    with pytest.raises(TinkerFatalError, match=message) as raised:
+        backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    assert raised.value.__cause__ is error
+    assert server.events.count("submit sample") == 1  # never retried
+
+
+def test_a_410_on_the_sampler_refresh_and_a_server_failure_are_retried(make_backend, server):
+    backend = make_backend()
+    server.failures["save_weights_and_get_sampling_client"] = [promise_expired()]
+    server.failures["sample"] = [request_failed(RequestErrorCategory.Server, "overloaded")]
+    (rollout,) = backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    assert rollout.completion_ids
+    assert server.events.count("submit save_weights_and_get_sampling_client") == 2
+    assert server.events.count("submit sample") == 2
+
+
+def test_a_queue_wait_longer_than_the_timeout_is_waited_for(make_backend, server):
+    """The service reports the request as queued: no timeout, however long the queue, up to
+    policy.queue_timeout_s; the SDK's own observers still get every report."""
+    config = config_for("tinker", policy__request_timeout_s=0.15)
+    backend = make_backend(config)
+    prompt = backend.render_prompt(MESSAGES)
+    server.failures["sample"] = [Queued(0.6)]
+    (rollout,) = backend.sample("dugongs", prompt, [1.0])
+    assert rollout.completion_ids
+    assert len(backend._sampler.queue_reports) >= 5  # passed on to the client's own observer
+
+    server.failures["forward_backward_custom"] = [Queued(0.6)]
+    backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+    assert len(server.applied_grads) == 1
+
+    backend.retry = dataclasses.replace(backend.retry, queue_timeout_s=0.3)
+    server.failures["sample"] = [Queued(2.0)]
+    with pytest.raises(TinkerTimeoutError, match="in the service's queue.*queue_timeout_s"):
+        backend.sample("dugongs", prompt, [1.0])
+
+
+def test_the_lazy_first_submission_is_bounded(make_backend, server):
+    """ServiceClient/RestClient open their session inside the first submission."""
+    server.failures["get_server_capabilities"] = [STALL]
+    try:
+        with pytest.raises(TinkerTimeoutError, match="could not be submitted.*session"):
+            make_backend(config_for("tinker", policy__request_timeout_s=0.1))
+    finally:
+        server.unstall.set()
+
+
+def test_a_loss_function_that_raises_surfaces_at_result_and_poisons_the_client(
+    make_backend, server, monkeypatch
+):
+    backend = make_backend()
+    batch = two_trajectories(backend)
+    caller = threading.get_ident()
+    seen: dict[str, object] = {}
+
+    def broken_loss(*args: object, **kwargs: object) -> None:
+        seen["thread"] = threading.get_ident()
+        seen["submitted"] = list(server.events)
+        raise ArithmeticError("boom")
+
+    monkeypatch.setattr("synthstats.backends.tinker.objective_loss", broken_loss)
+    with pytest.raises(TinkerFatalError, match="custom loss function raised ArithmeticError"):
+        backend.train_step(batch, build_objective(Config().objective))
+    assert seen["thread"] != caller  # the SDK's loss thread, after submission returned
+    assert "submit forward_backward_custom" in seen["submitted"]
+    assert server.applied_grads == []
+    # The optimizer step queued behind it got the SDK's poisoned-client RuntimeError.
+    training = backend._training
+    with pytest.raises(RuntimeError, match=POISONED):
+        training.optim_step(backend.adam).result(timeout=5)
+    with pytest.raises(TinkerBackendError, match="cannot go on"):
+        backend.train_step(batch, build_objective(Config().objective))
+
+
+def test_a_poisoned_client_is_a_step_error_the_loop_can_reload_from(make_backend, server):
+    backend = make_backend()
+    server.failures["optim_step"] = [RuntimeError(f"{POISONED} (fake)")]
+    with pytest.raises(TinkerStepError, match="reload the last checkpoint") as raised:
+        backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+    assert isinstance(raised.value, PolicyStepError)
+
+
+def test_a_resume_then_two_steps_and_one_sampler_save_per_checkpoint(
+    make_backend, server, tmp_path
+):
+    config = config_for("tinker", train__learning_rate=1e-2)
+    objective = build_objective(config.objective)
+    first = make_backend(config)
+    batch = two_trajectories(first)
+    first.train_step(batch, objective)
+    before = len(server.events)
+    first.save(tmp_path)
+    first.sample("dugongs", first.render_prompt(MESSAGES), [1.0])
+    since = server.events[before:]
+    # The checkpoint's sampler weights serve the next sample: saved once, not twice.
+    assert since.count("submit save_weights_for_sampler") == 1
+    assert "submit save_weights_and_get_sampling_client" not in since
+    assert "submit create_sampling_client" in since
+
+    second = make_backend(config)
+    second.load(tmp_path)
+    metrics = [second.train_step(batch, objective) for _ in range(2)]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert len(server.applied_grads) == 3 and second.steps == 3
+    second.sample("dugongs", second.render_prompt(MESSAGES), [1.0])
+    assert server.sample_versions[-1] == 3  # the restored client's weights, two steps on
+
+
+def test_a_retried_save_takes_a_fresh_name(make_backend, server, tmp_path):
+    """The first attempt was saved, its answer lost (410): the service refuses a name twice."""
+    backend = make_backend()
+    backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+    server.failures["save_state"] = [LOST]
+    server.failures["save_weights_for_sampler"] = [LOST]
+    backend.save(tmp_path)
+    saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
+    assert saved["state_path"].endswith("/weights/step-000001-retry1")
+    assert saved["sampler_path"].endswith("/sampler_weights/step-000001-retry1")
+    training = backend._training
+    with pytest.raises(tinker.RequestFailedError, match="already exists"):
+        training.save_weights_for_sampler("step-000001").result(timeout=5)
+
+
+def test_sampled_ids_past_the_tokenizer_fit_the_head_and_ids_past_the_head_are_refused(
+    make_backend, server
+):
+    backend = make_backend()
+    assert backend.flow.token_embedding.num_embeddings == QWEN3_HEAD
+    assert len(backend.chat.tokenizer) < QWEN3_HEAD
+    stop = backend.chat.stop_ids[0]
+    prompt = backend.render_prompt(MESSAGES)
+
+    def answer(*tokens: int) -> Returns:
+        sequence = types.SampledSequence(
+            stop_reason="stop", sequence_id="planted", tokens_np=np.asarray(tokens, np.int32)
+        )
+        return Returns(types.SampleResponse(sequences=[sequence]))
+
+    server.failures["sample"] = [answer(151_900, stop)]
+    (rollout,) = backend.sample("dugongs", prompt, [1.0])
+    batch = TrainBatch(["dugongs"], [prompt], [list(rollout.completion_ids)], torch.tensor([0.0]))
+    assert math.isfinite(backend.train_step(batch, build_objective(Config().objective))["loss"])
+
+    server.failures["sample"] = [answer(QWEN3_HEAD, stop)]
+    with pytest.raises(TinkerBackendError, match="outside Qwen/Qwen3-8B's LM head.*head_size"):
+        backend.sample("dugongs", prompt, [1.0])
+    bad = TrainBatch(["dugongs"], [prompt], [[QWEN3_HEAD, stop]], torch.tensor([0.0]))
+    submitted = server.events.count("submit forward_backward_custom")
+    with pytest.raises(TinkerBackendError, match="outside"):
+        backend.train_step(bad, build_objective(Config().objective))
+    assert server.events.count("submit forward_backward_custom") == submitted
+
+
+def test_the_service_normalises_log_pf_over_the_whole_head(make_backend, server, base_lm):
+    """README: the local backend cuts logits at len(tokenizer); Tinker does not."""
+    backend = make_backend()
+    batch = two_trajectories(backend)
+    scored = backend.sequence_log_probs(batch.prompt_ids[:1], batch.completion_ids[:1])
+    prompt, completion = batch.prompt_ids[0], batch.completion_ids[0]
+    with torch.no_grad():
+        logits = base_lm(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+    steps = logits[len(prompt) - 1 : -1]
+    target = torch.tensor(completion)[:, None]
+    full = steps.log_softmax(-1).gather(-1, target).sum()
+    cut = steps[:, : len(backend.chat.tokenizer)].log_softmax(-1).gather(-1, target).sum()
+    assert float(scored[0]) == pytest.approx(float(full), abs=1e-4)
+    assert float(full) < float(cut) - 1e-4
+
+
+def test_a_groups_samples_differ(make_backend, server):
+    """One seed for a whole request may give n equal samples (the fake does so on purpose);
+    each sample gets its own request and seed, so a group's samples differ."""
+    backend = make_backend(config_for("tinker", policy__max_new_tokens=6))
+    prompt = backend.render_prompt(MESSAGES)
+    rollouts = backend.sample("dugongs", prompt, [1.0] * 4)
+    assert len({r.completion_ids for r in rollouts}) > 1
+    shared = backend._sampler.sample(
+        types.ModelInput.from_ints(prompt), 4, backend._sampling_params(1.0)
+    ).result(timeout=60)
+    assert len({tuple(s.tokens) for s in shared.sequences}) == 1
+
+
+def test_adam_settings_are_one_set_for_both_backends(make_backend):
+    overrides = {"policy__adam_beta2": 0.98, "policy__adam_eps": 1e-10}
+    hosted = make_backend(config_for("tinker", **overrides))
+    local = build_backend(config_for("local", **overrides))
+    assert (hosted.adam.beta1, hosted.adam.beta2, hosted.adam.eps) == (0.9, 0.98, 1e-10)
+    for optimizer in (hosted.optimizer, local.optimizer):
+        for group in optimizer.param_groups:
+            assert (group["betas"], group["eps"]) == ((0.9, 0.98), 1e-10)
 
 
 # ---- start-up checks ---------------------------------------------------------------------
