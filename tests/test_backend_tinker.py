@@ -759,6 +759,75 @@ def test_cli_trains_and_resumes_with_runner_tinker(server, monkeypatch, tmp_path
         assert not path.is_file() or FAKE_KEY.encode() not in path.read_bytes(), path
 
 
+def test_a_failed_step_reloads_the_last_checkpoint_in_process(base_lm, monkeypatch, tmp_path):
+    """A forward-backward lost at step 3 (after the checkpoint at step 2): the run reloads
+    that checkpoint in-process and ends exactly as a run without the failure; remote copies
+    follow local pruning (two kept)."""
+    from click.testing import CliRunner
+
+    from synthstats.cli import train
+    from synthstats.envs import get_env
+
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    monkeypatch.setattr("synthstats.train.run.JudgePool", FailingJudge)
+    monkeypatch.setattr(
+        "synthstats.train.run.get_env",
+        lambda name: dataclasses.replace(get_env(name), reference_elpd=-60.0),
+    )
+    arguments = [
+        "runner=tinker",
+        "policy=tinker",
+        "env=dugongs",
+        "runner.train.steps=4",
+        "runner.train.batch_size=2",
+        "runner.train.checkpoint_every=1",
+        "runner.train.learning_rate=0.01",
+        "policy.max_new_tokens=6",
+        "policy.lora_dropout=0.0",
+        "--no-progress",
+    ]
+    losses = {}
+    for name, failures in (("clean", []), ("failed", [None, None, rate_limit_error()])):
+        server = FakeServer(base_lm)
+        server.failures["forward_backward_custom"] = list(failures)
+        monkeypatch.setattr("synthstats.backends.tinker.connect", server.connection)
+        run_dir = tmp_path / name
+        result = CliRunner().invoke(train, [*arguments, f"output_dir={run_dir}"])
+        assert result.exit_code == 0, result.output
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        losses[name] = [json.loads(line)["loss"] for line in lines]
+        assert [json.loads(line)["step"] for line in lines] == [0, 1, 2, 3]
+        assert len(server.applied_grads) == 4
+        # Checkpoints 1 and 2 were pruned locally, so their remote copies are gone.
+        assert len(server.deleted) == 4
+        assert all("step-000001" in p or "step-000002" in p for p in server.deleted)
+        assert len(server.checkpoints) == 2
+    assert "submit create_training_client_from_state_with_optimizer" in server.events
+    assert losses["failed"] == losses["clean"]
+
+
+def test_remote_checkpoints_kept_or_released_with_a_clear_error_on_a_released_one(
+    make_backend, server, tmp_path
+):
+    config = config_for("tinker")
+    backend = make_backend(config)
+    backend.train_step(two_trajectories(backend), build_objective(config.objective))
+    backend.save(tmp_path / "one")
+    backend.train_step(two_trajectories(backend), build_objective(config.objective))
+    backend.save(tmp_path / "two")
+    kept = make_backend(config_for("tinker", policy__remote_checkpoints="keep_all"))
+    kept.release_checkpoint(tmp_path / "one")
+    assert server.deleted == []
+    backend.release_checkpoint(tmp_path / "two")  # the current one: never deleted
+    assert server.deleted == []
+    backend.release_checkpoint(tmp_path / "one")
+    assert len(server.deleted) == 2
+    stale = make_backend(config)
+    stale.load(tmp_path / "one")
+    with pytest.raises(TinkerFatalError, match="request error \\(user\\).*not found"):
+        stale.sample("dugongs", stale.render_prompt(MESSAGES), [1.0])
+
+
 def test_eval_of_a_tinker_run_samples_and_scores_its_recorded_sampler(
     server, monkeypatch, tmp_path
 ):
