@@ -36,6 +36,7 @@ from tinker.types import RequestErrorCategory
 
 from synthstats.backends import TrainBatch, build_backend
 from synthstats.backends.local import LocalBackend
+from synthstats.backends.mock_model import qwen3_tokenizer_folder
 from synthstats.backends.tinker import CHECKPOINT_FILE, STATE_FILE, TinkerBackend, lora_blocks
 from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_connection import TinkerSetupError
@@ -565,6 +566,69 @@ def test_a_model_outside_the_family_table_needs_tokenizer_format_and_head(make_b
         config.policy.model_name = name
         with pytest.raises(ConfigError, match="policy.tokenizer.*chat_format.*head_size"):
             make_backend(config)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "chat_format"),
+    [
+        ("Qwen/Qwen3-8B", "qwen3_hybrid"),
+        ("Qwen/Qwen3-30B-A3B", "qwen3_hybrid"),
+        ("Qwen/Qwen3-4B-Instruct-2507", "qwen3_instruct"),
+        ("Qwen/Qwen3-30B-A3B-Instruct-2507", "qwen3_instruct"),
+        ("Qwen/Qwen3-8B-Base", "role_plain"),
+    ],
+)
+def test_each_family_renders_its_own_prompt_token_for_token(make_backend, model_name, chat_format):
+    """Against the bundled Qwen3 template: hybrid with thinking off ends in an empty think
+    block; Instruct-2507 has no think tags (for system and user turns its template renders
+    what the hybrid one does with thinking on); Base gets plain role lines."""
+    server = FakeServer(None, models=[model_name])
+    backend = make_backend(config_for("tinker", policy__model_name=model_name), fake=server)
+    assert backend.chat.chat_format == chat_format and backend.head_size == QWEN3_HEAD
+    tokenizer = backend.chat.tokenizer
+
+    def bundled(enable_thinking: bool) -> list[int]:
+        return tokenizer.apply_chat_template(
+            MESSAGES,
+            add_generation_prompt=True,
+            enable_thinking=enable_thinking,
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
+
+    rendered = backend.render_prompt(MESSAGES)
+    if chat_format == "qwen3_hybrid":
+        assert rendered == bundled(False)
+        assert tokenizer.decode(rendered).endswith("<think>\n\n</think>\n\n")
+    elif chat_format == "qwen3_instruct":
+        assert rendered == bundled(True)
+        assert "<think>" not in tokenizer.decode(rendered)
+    else:
+        plain = "System: Write a PyMC model.\n\nUser: y = [1.2, 0.7]\n\nAssistant:"
+        assert rendered == tokenizer(plain, add_special_tokens=False)["input_ids"]
+
+
+def test_thinking_latent_needs_think_tags_and_other_models_need_a_spelled_out_family(
+    make_backend,
+):
+    for model_name in ("Qwen/Qwen3-4B-Instruct-2507", "Qwen/Qwen3-8B-Base"):
+        config = config_for("tinker", policy__model_name=model_name, policy__thinking="latent")
+        with pytest.raises(ConfigError, match="thinking=latent needs think tags"):
+            make_backend(config, fake=FakeServer(None, models=[model_name]))
+    folder = str(qwen3_tokenizer_folder())
+    config = config_for(
+        "tinker",
+        policy__model_name="Qwen/Qwen3.5-4B",
+        policy__tokenizer=folder,
+        policy__chat_format="qwen3_instruct",
+        policy__head_size=151_700,
+    )
+    backend = make_backend(config, fake=FakeServer(None, models=["Qwen/Qwen3.5-4B"]))
+    assert (backend.chat.chat_format, backend.head_size) == ("qwen3_instruct", 151_700)
+    assert backend.flow.token_embedding.num_embeddings == 151_700
+    config.policy.chat_format = "llama3"
+    with pytest.raises(ConfigError, match="chat_format='llama3'"):
+        make_backend(config, fake=FakeServer(None, models=["Qwen/Qwen3.5-4B"]))
 
 
 def test_lora_target_modules_choose_the_tinker_blocks(make_backend, server):
