@@ -728,35 +728,62 @@ def test_reference_think_log_prob_scores_the_think_span_under_the_base_model(mak
 # ---- the real service (opt-in) -----------------------------------------------------------
 
 
+# Sampler and trainer run the same weights with different kernels; on the service their
+# log-probs of one completion agree to this many nats per token on average.
+LIVE_LOG_PROB_TOLERANCE = 0.05
+
+
 @pytest.mark.skipif(
     not os.environ.get("TINKER_API_KEY"), reason="live Tinker smoke test: set TINKER_API_KEY"
 )
-def test_live_tinker_samples_and_takes_one_step(tmp_path):
-    """Costs a few cents: model check, two samples, one training step, one checkpoint.
+def test_live_tinker_samples_steps_resumes_and_agrees_with_its_sampler(tmp_path):
+    """Costs a few cents: model check, six samples, three training steps, one checkpoint
+    (deleted at the end), a resume.
 
-    Also checks what the backend assumes of the service: a completion that stopped carries
-    its stop token, so log P_F includes the decision to stop.
+    Checks what the backend assumes of the service: a completion that stopped carries its
+    stop token (log P_F includes the decision to stop); the sampler's log-probs of a
+    completion agree with the trainer's within LIVE_LOG_PROB_TOLERANCE per token; a second
+    step runs after the sampler refresh; a resumed client takes a step from the saved state.
     """
     config = config_for("tinker", policy__max_new_tokens=64, policy__retry_backoff_s=2.0)
     config.policy.model_name = os.environ.get("SYNTHSTATS_TINKER_MODEL", "Qwen/Qwen3-8B")
     config.policy.tokenizer = os.environ.get("SYNTHSTATS_TINKER_TOKENIZER", "")
+    objective = build_objective(config.objective)
     backend = build_backend(config)
     prompt = backend.render_prompt([{"role": "user", "content": "Reply with the word yes."}])
-    rollouts = backend.sample("dugongs", prompt, [1.0, 1.0])
-    assert any(not rollout.truncated for rollout in rollouts), rollouts
-    batch = TrainBatch(
-        prompt_keys=["dugongs"] * 2,
-        prompt_ids=[prompt] * 2,
-        completion_ids=[list(rollout.completion_ids) for rollout in rollouts],
-        log_reward=torch.tensor([0.0, -1.0]),
-    )
-    metrics = backend.train_step(batch, build_objective(config.objective))
-    assert metrics["tokens"] == sum(len(rollout.completion_ids) for rollout in rollouts)
+
+    def sampled_batch() -> TrainBatch:
+        rollouts = backend.sample("dugongs", prompt, [1.0, 1.0])
+        assert any(not rollout.truncated for rollout in rollouts), rollouts
+        return TrainBatch(
+            prompt_keys=["dugongs"] * 2,
+            prompt_ids=[prompt] * 2,
+            completion_ids=[list(rollout.completion_ids) for rollout in rollouts],
+            log_reward=torch.tensor([0.0, -1.0]),
+        )
+
+    batch = sampled_batch()
+    sampler_log_pf = backend.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
+    metrics = backend.train_step(batch, objective)
+    tokens = sum(len(ids) for ids in batch.completion_ids)
+    assert metrics["tokens"] == tokens
     assert metrics["log_pf_mean"] < 0
+    gap = abs(float(sampler_log_pf.mean()) - metrics["log_pf_mean"]) * 2 / tokens
+    assert gap <= LIVE_LOG_PROB_TOLERANCE, f"sampler vs trainer: {gap:.3f} nats per token"
+
+    second = backend.train_step(sampled_batch(), objective)  # after the sampler refresh
+    assert math.isfinite(second["loss"]) and backend.steps == 2
     backend.save(tmp_path)
     saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
     assert saved["state_path"].startswith("tinker://")
     assert saved["sampler_path"].startswith("tinker://")
+
+    resumed = build_backend(config)
+    resumed.load(tmp_path)
+    assert resumed.sample("dugongs", prompt, [1.0])  # from the saved sampler weights
+    third = resumed.train_step(batch, objective)  # from the saved training state
+    assert math.isfinite(third["loss"]) and resumed.steps == 3
+    build_backend(config).release_checkpoint(tmp_path)
 
 
 # ---- the command line, against the fake -------------------------------------------------
