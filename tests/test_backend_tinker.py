@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import logging
 import math
@@ -32,6 +33,7 @@ from fake_tinker import (
     status_error,
 )
 from tinker import types
+from tinker.lib.api_future_impl import QueueState
 from tinker.types import RequestErrorCategory
 
 from synthstats.backends import TrainBatch, build_backend
@@ -46,6 +48,7 @@ from synthstats.backends.tinker_retry import (
     TinkerFatalError,
     TinkerStepError,
     TinkerTimeoutError,
+    watch_queue,
 )
 from synthstats.config import Config, ConfigError
 from synthstats.errors import PolicyStepError
@@ -377,6 +380,22 @@ def test_a_queue_wait_longer_than_the_timeout_is_waited_for(make_backend, server
     server.failures["sample"] = [Queued(2.0)]
     with pytest.raises(TinkerTimeoutError, match="in the service's queue.*queue_timeout_s"):
         backend.sample("dugongs", prompt, [1.0])
+
+
+def test_queue_watch_hooks_into_the_sdks_own_observers():
+    """The 0.38 SDK passes a TrainingClient's _queue_state_logger, and a SamplingClient
+    itself, as the observer of every request; the watch takes their place and passes on."""
+    assert "self._queue_state_logger = QueueStateLogger" in inspect.getsource(
+        tinker.TrainingClient.__init__
+    )
+    sampler = tinker.SamplingClient.__new__(tinker.SamplingClient)  # no session needed
+    sampler._last_queue_state_logged = 0.0
+    sampler._sampling_session_id = "fake-session"
+    watch = watch_queue(sampler)
+    sampler.on_queue_state_change(QueueState.PAUSED_CAPACITY, "busy")  # as the SDK calls it
+    assert (watch.state, watch.reason) == (QueueState.PAUSED_CAPACITY, "busy")
+    assert sampler._last_queue_state_logged > 0  # the SDK's own logging still ran
+    assert watch_queue(object()) is None
 
 
 def test_the_lazy_first_submission_is_bounded(make_backend, server):
