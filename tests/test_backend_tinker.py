@@ -916,6 +916,46 @@ def test_a_failed_step_reloads_the_last_checkpoint_in_process(base_lm, monkeypat
     assert losses["failed"] == losses["clean"]
 
 
+def test_reloads_are_bounded_by_max_reloads(base_lm, monkeypatch, tmp_path):
+    """A step that keeps failing: one reload (runner.train.max_reloads=1), then the run stops
+    with the step's error, its last checkpoint intact for resume=."""
+    from click.testing import CliRunner
+
+    from synthstats.cli import train
+    from synthstats.envs import get_env
+    from synthstats.train.checkpoint import latest_checkpoint
+
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    monkeypatch.setattr("synthstats.train.run.JudgePool", FailingJudge)
+    monkeypatch.setattr(
+        "synthstats.train.run.get_env",
+        lambda name: dataclasses.replace(get_env(name), reference_elpd=-60.0),
+    )
+    server = FakeServer(base_lm)
+    server.failures["forward_backward_custom"] = [None, rate_limit_error(), rate_limit_error()]
+    monkeypatch.setattr("synthstats.backends.tinker.connect", server.connection)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        train,
+        [
+            "runner=tinker",
+            "policy=tinker",
+            "env=dugongs",
+            "runner.train.steps=3",
+            "runner.train.batch_size=2",
+            "runner.train.checkpoint_every=1",
+            "runner.train.max_reloads=1",
+            "policy.max_new_tokens=6",
+            f"output_dir={run_dir}",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "reload the last checkpoint" in result.output
+    assert server.events.count("submit forward_backward_custom") == 3
+    assert latest_checkpoint(run_dir).name == "step-000001"
+
+
 def test_remote_checkpoints_kept_or_released_with_a_clear_error_on_a_released_one(
     make_backend, server, tmp_path
 ):
