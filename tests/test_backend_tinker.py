@@ -311,12 +311,13 @@ def test_retries_are_bounded(make_backend, server):
 
 
 def test_a_request_without_answer_is_a_clear_timeout(make_backend, server):
-    config = config_for("tinker")
-    config.policy.request_timeout_s = 0.05
-    backend = make_backend(config)
+    backend = make_backend()
+    prompt = backend.render_prompt(MESSAGES)
+    backend.sample("dugongs", prompt, [1.0])  # the sampler exists
+    backend.retry = dataclasses.replace(backend.retry, timeout_s=0.05)
     server.failures["sample"] = [HANG]
     with pytest.raises(TinkerTimeoutError, match=r"sampling got no answer.*request_timeout_s"):
-        backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+        backend.sample("dugongs", prompt, [1.0])
 
 
 def test_a_failed_forward_backward_stops_without_applying_the_batch(make_backend, server):
@@ -364,9 +365,10 @@ def test_a_410_on_the_sampler_refresh_and_a_server_failure_are_retried(make_back
 def test_a_queue_wait_longer_than_the_timeout_is_waited_for(make_backend, server):
     """The service reports the request as queued: no timeout, however long the queue, up to
     policy.queue_timeout_s; the SDK's own observers still get every report."""
-    config = config_for("tinker", policy__request_timeout_s=0.5)
-    backend = make_backend(config)
+    backend = make_backend()
     prompt = backend.render_prompt(MESSAGES)
+    backend.sample("dugongs", prompt, [1.0])  # the clients exist
+    backend.retry = dataclasses.replace(backend.retry, timeout_s=0.5)
     server.failures["sample"] = [Queued(1.5)]
     (rollout,) = backend.sample("dugongs", prompt, [1.0])
     assert rollout.completion_ids

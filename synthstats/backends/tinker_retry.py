@@ -193,7 +193,8 @@ def submit_within(submit: Callable[[], T], what: str, timeout_s: float) -> T:
         raise TinkerTimeoutError(
             f"Tinker {what} could not be submitted within {timeout_s:g} s "
             "(policy.request_timeout_s): the SDK opens its session on the first request, so "
-            "the service may be unreachable or the key unusable; try again later"
+            "the service may be unreachable, the key unusable or the account's billing "
+            "paused (check the Tinker console); try again later"
         )
     if "error" in outcome:
         raise outcome["error"]
@@ -215,7 +216,8 @@ def wait(future: Any, what: str, policy: RetryPolicy, queue: QueueWatch | None =
                 raise TinkerTimeoutError(
                     f"Tinker {what} got no answer and no queue report within "
                     f"{policy.timeout_s:g} s (policy.request_timeout_s): the request is lost "
-                    "or the service unreachable"
+                    "or the service unreachable (a billing problem also makes the SDK pause "
+                    "silently, for up to an hour: check the Tinker console)"
                 ) from None
             if now - started >= policy.queue_timeout_s:
                 raise TinkerTimeoutError(
