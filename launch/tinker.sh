@@ -7,7 +7,8 @@
 #   export TINKER_API_KEY=...          # or `tinker auth login` once
 #   launch/tinker.sh                   # env dugongs, policy Qwen/Qwen3-8B
 #   ENV=peregrines launch/tinker.sh runner.train.steps=200 logging=wandb
-#   launch/tinker.sh policy.model_name=Qwen/Qwen3.5-4B policy.tokenizer=Qwen/Qwen3.5-4B
+#   launch/tinker.sh policy.model_name=Qwen/Qwen3-30B-A3B   # a family in the README's table
+#   # another model: policy.tokenizer=HUB_ID policy.chat_format=FORMAT policy.head_size=N
 #   launch/tinker.sh resume=runs/dugongs-20261125-101500
 #
 # Arguments after the script name are synthstats-train overrides, passed on unchanged;

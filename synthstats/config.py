@@ -76,12 +76,24 @@ class PolicyConfig:
     # Tinker only: tokenizer hub id or folder; empty uses the bundled Qwen3 tokenizer,
     # which only Qwen/Qwen3-* models share.
     tokenizer: str = ""
-    # Tinker only: Adam of the hosted LoRA weights (defaults are Tinker's own).
+    # Tinker only, for a model outside the backend's family table (README): its prompt
+    # format (qwen3_hybrid, qwen3_instruct, role_plain) and LM head size (vocab_size).
+    chat_format: str = ""
+    head_size: int = 0
+    # Adam (decoupled weight decay 0, so AdamW) of every trained part, on both backends.
+    # torch's defaults, which the local and slot targets were tuned with; Tinker's own
+    # defaults (0.95, 1e-12) are not used unless set here.
     adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-12
-    # Tinker only: seconds to wait for one request's answer before stopping with an error.
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    # Tinker only: the longest silence (no answer, no queue report) of one request before
+    # it counts as lost; a request the service reports as queued waits up to
+    # queue_timeout_s.
     request_timeout_s: float = 600.0
+    queue_timeout_s: float = 21600.0
+    # Tinker only: follow_local deletes a remote checkpoint when local pruning drops its
+    # folder; keep_all never deletes one.
+    remote_checkpoints: Literal["follow_local", "keep_all"] = "follow_local"
     # Tinker only: retries of a rate-limited or transiently failed request, and the first
     # backoff in seconds (doubled per retry, with jitter).
     max_retries: int = 5
@@ -178,6 +190,9 @@ class TrainConfig:
     checkpoint_every: int = 50
     # Checkpoints kept on disk (older ones are deleted); final/ is kept apart from them.
     keep_checkpoints: int = 2
+    # Failed steps (a lost Tinker request, a poisoned client) recovered by reloading the last
+    # checkpoint in-process, as resume= would; 0 stops at the first.
+    max_reloads: int = 3
     max_grad_norm: float = 1.0
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -288,12 +303,13 @@ def problems(config: Config) -> list[str]:
         config,
         0,
         *("judge.tune", "judge.workers", "objective.reward.anneal_steps"),
-        *("logging.programs_every", "policy.max_retries"),
+        *("logging.programs_every", "policy.max_retries", "runner.train.max_reloads"),
     )
     found += _positive(
         config,
         *("judge.timeout_s", "runner.train.learning_rate", "runner.train.flow_learning_rate"),
         *("objective.log_z_lr", "objective.reward.temperature", "policy.request_timeout_s"),
+        "policy.queue_timeout_s",
     )
     policy = config.policy
     if policy.kind in ("hf", "tinker") and not policy.model_name.strip():

@@ -3,3 +3,11 @@
 
 class UserFacingError(Exception):
     """Its message says what was wrong, where, and what to do."""
+
+
+class PolicyStepError(UserFacingError, RuntimeError):
+    """A step failed and left the policy unusable, while its last checkpoint stays sound.
+
+    The training loop reloads that checkpoint in-process, as `resume=` would, a bounded
+    number of times (runner.train.max_reloads) before it gives up with this error.
+    """

@@ -1,26 +1,40 @@
 """A fake Tinker service at the SDK surface TinkerBackend calls; it never touches a network.
 
-Everything crossing the surface is a real `tinker.types` object, and the "server" is a
-tiny PEFT Qwen3 in which sampling, forward passes, the backward from the weights the SDK
-sends, AdamW steps and checkpoints really happen:
+Everything crossing the surface is a real `tinker.types` object, every error is the class
+the 0.38 SDK raises, and the "server" is a tiny PEFT Qwen3 whose LM head has Qwen3's full
+151,936 outputs (the tokenizer names 151,669), in which sampling, forward passes, the
+backward from the weights the SDK sends, AdamW steps and checkpoints really happen:
 
-- futures: work runs at submission (the service runs a client's requests in order);
-  `result(timeout)` returns it, raises an injected error, or never answers (HANG).
+- futures: submission returns at once; the work runs on the client's own worker thread,
+  in submission order (the service runs a client's requests in order), and `result(timeout)`
+  returns it, raises its error, or raises TimeoutError while it has not finished.
 - forward_backward_custom: a forward gives per-datum log-probs, then the SDK's own
   conversion (`TrainingClient._compute_custom_loss`, pinned tinker 0.38) calls the loss
-  function and turns its gradient into weights = -dloss/dlogprobs, and the fake server
-  backpropagates sum(-logprobs * weights) into the LoRA weights, as the service does
-  (over the non-zero weights only, which changes nothing but the cost). A failed
-  forward-backward poisons the training client, as in the SDK.
+  function on that worker thread and turns its gradient into weights = -dloss/dlogprobs,
+  and the fake server backpropagates sum(-logprobs * weights) into the LoRA weights, as the
+  service does (over the non-zero weights only, which changes nothing but the cost). Any
+  failure of it (the loss function's own error included) surfaces at result() and poisons
+  the client: its queued and later requests fail with the SDK's RuntimeError.
 - optim_step: records the gradient it applies (before clipping), then steps AdamW.
+- save_state / save_weights_for_sampler: refuse a name already saved (save_state unless
+  overwrite=True) with a RequestFailedError of category user; a ttl_seconds expires the
+  copy once `server.clock` passes it; the rest client deletes copies.
 - save_weights_and_get_sampling_client: a snapshot of the weights at that moment;
-  save_weights_for_sampler stores one under its path, which create_sampling_client(model_path=)
-  serves.
+  create_sampling_client(model_path=) serves saved sampler weights.
+- sample: a seed applies to the whole request, as a service may apply it: all num_samples
+  sequences of one request draw from the same seeded generator state, so they are equal.
 - compute_logprobs: the sampler's own forward pass, at temperature 1 as in the SDK (which
   sends SamplingParams' default temperature); prompt_logprobs_last_n scores only that suffix.
+- queue reports: a training client passes them to its `_queue_state_logger` (a real
+  QueueStateLogger) and a sampling client to itself, as in the SDK.
 
-`events` lists every submission and wait in order; `failures[request]` holds errors (or
-HANG) that the next requests of that name answer with.
+A Queued request is reported active while it then runs, as the SDK's polls see it.
+`events` lists every submission and wait in order; `failures[request]` holds what the
+next requests of that name do instead of answering: an exception (raised at result()),
+HANG (never answers), Queued(seconds) (reported as queued, then answered), Returns(value)
+(answers value instead), LOST (applied,
+but the answer is lost with the SDK's RetryableException, as a 410 does), or STALL (the
+submission itself blocks, as the SDK's lazy session start can).
 """
 
 from __future__ import annotations
@@ -29,8 +43,12 @@ import concurrent.futures
 import contextlib
 import copy
 import itertools
+import threading
+import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -38,34 +56,165 @@ import numpy as np
 import tinker
 import torch
 from tinker import types
+from tinker.lib.api_future_impl import QueueState, QueueStateObserver
+from tinker.lib.queue_state_logger import QueueStateLogger
+from tinker.lib.retryable_exception import RetryableException
+from tinker.types import RequestErrorCategory
 from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config
 
+from synthstats.backends.mock_model import (
+    MOCK_ARCHITECTURE,
+    MOCK_SEED,
+    cached_model_folder,
+    qwen3_tokenizer_folder,
+)
 from synthstats.backends.sampling import sample_completions
+from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_connection import TinkerConnection
 
 HANG = object()
+LOST = object()
+STALL = object()
+POISONED = "A previous request failed; this TrainingClient is poisoned"
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The request waits `seconds` in the queue, reported every `every` s, then runs."""
+
+    seconds: float
+    state: QueueState = QueueState.PAUSED_CAPACITY
+    every: float = 0.02
+
+
+@dataclass(frozen=True)
+class Returns:
+    """The request answers `value` instead of doing its work."""
+
+    value: Any
+
+
+def status_error(cls: type[tinker.APIStatusError], status: int) -> tinker.APIStatusError:
+    """The error the SDK raises for an HTTP status (cls: the SDK's class for it)."""
+    request = httpx.Request("POST", "https://tinker.invalid/api/v1/fake")
+    return cls(f"{status} (fake)", response=httpx.Response(status, request=request), body=None)
 
 
 def rate_limit_error() -> tinker.RateLimitError:
-    """The error the SDK raises for HTTP 429."""
-    request = httpx.Request("POST", "https://tinker.invalid/api/v1/sample")
-    response = httpx.Response(429, request=request)
-    return tinker.RateLimitError("rate limited (fake)", response=response, body=None)
+    return status_error(tinker.RateLimitError, 429)
+
+
+def request_failed(category: RequestErrorCategory, message: str) -> tinker.RequestFailedError:
+    return tinker.RequestFailedError(
+        f"Request failed: {message} (fake)", request_id="fake", category=category
+    )
+
+
+def promise_expired() -> RetryableException:
+    """What the SDK raises when the service answers a result poll with 410."""
+    return RetryableException(message="Promise expired/broken for request fake")
+
+
+def service_model_folder() -> Path:
+    """A tiny random Qwen3 with Qwen3's real head size (151,936) and tokenizer, cached."""
+
+    def write(folder: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(qwen3_tokenizer_folder(), local_files_only=True)
+        stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+        config = Qwen3Config(
+            vocab_size=QWEN3_HEAD,
+            bos_token_id=None,
+            eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+            **MOCK_ARCHITECTURE,
+        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(MOCK_SEED)
+            AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    spec = [MOCK_ARCHITECTURE, MOCK_SEED, QWEN3_HEAD]
+    return cached_model_folder("mock-models", "qwen3-tiny-full-head", spec, write)
 
 
 class FakeFuture:
-    """An APIFuture that is already decided: a value, an error, or no answer ever."""
+    """An APIFuture over a concurrent future the client's worker thread decides."""
 
-    def __init__(self, server: FakeServer, what: str, *, value: Any = None, error: Any = None):
-        self.server, self.what, self.value, self.error = server, what, value, error
+    def __init__(self, server: FakeServer, what: str, future: concurrent.futures.Future) -> None:
+        self.server, self.what, self._future = server, what, future
 
     def result(self, timeout: float | None = None) -> Any:
         self.server.events.append(f"wait {self.what}")
-        if self.error is HANG:
-            return concurrent.futures.Future().result(timeout)  # raises TimeoutError
-        if self.error is not None:
-            raise self.error
-        return self.value
+        return self._future.result(timeout)
+
+
+class Worker:
+    """One thread that runs a client's requests in submission order."""
+
+    def __init__(self, server: FakeServer, observer: Callable[[], Any] | None = None) -> None:
+        self.server = server
+        self.observer = observer  # the client's queue observer, looked up when it reports
+        self.poisoned: BaseException | None = None
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fake")
+
+    def submit(self, what: str, work: Callable[[], Any], *, poisons: bool = False) -> FakeFuture:
+        server = self.server
+        server.events.append(f"submit {what}")
+        failure = server.failures[what].pop(0) if server.failures[what] else None
+        if failure is STALL:
+            server.unstall.wait(10.0)
+            failure = None
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if failure is HANG:
+            return FakeFuture(server, what, future)
+
+        def run() -> None:
+            try:
+                if self.poisoned is not None:
+                    raise RuntimeError(f"{POISONED} (fake)") from self.poisoned
+                if isinstance(failure, BaseException):
+                    raise failure
+                if isinstance(failure, Queued):
+                    self._queue(failure)
+                    with self._reporting(QueueState.ACTIVE, failure.every):
+                        value = work()
+                else:
+                    value = failure.value if isinstance(failure, Returns) else work()
+                if failure is LOST:
+                    raise promise_expired()
+                future.set_result(value)
+            except BaseException as error:
+                if poisons and self.poisoned is None:
+                    self.poisoned = error
+                future.set_exception(error)
+
+        self._executor.submit(run)
+        return FakeFuture(server, what, future)
+
+    @contextlib.contextmanager
+    def _reporting(self, state: QueueState, every: float) -> Iterator[None]:
+        """Report `state` every `every` s while the body runs (a polled, running request)."""
+        done = threading.Event()
+
+        def report() -> None:
+            while not done.wait(every):
+                self.observer().on_queue_state_change(state, None)
+
+        reporter = threading.Thread(target=report, daemon=True)
+        reporter.start()
+        try:
+            yield
+        finally:
+            done.set()
+            reporter.join()
+
+    def _queue(self, queued: Queued) -> None:
+        until = time.monotonic() + queued.seconds
+        while time.monotonic() < until:
+            if self.observer is not None:
+                self.observer().on_queue_state_change(queued.state, "capacity (fake)")
+            time.sleep(queued.every)
 
 
 class FakeServer:
@@ -79,22 +228,34 @@ class FakeServer:
         self.applied_grads: list[dict[str, Tensor]] = []
         self.checkpoints: dict[str, dict[str, Any]] = {}
         self.sampler_weights: dict[str, tuple[nn.Module, int]] = {}
+        self.expires: dict[str, float] = {}
+        self.deleted: list[str] = []
+        self.clock = 0.0  # seconds, for ttl_seconds; tests move it
         self.lora_requests: list[dict[str, Any]] = []
+        self.sample_requests: list[tuple[int, int | None]] = []  # (num_samples, seed)
         self.sample_versions: list[int] = []
+        self.unstall = threading.Event()
+        self.worker = Worker(self)
         self._ids = itertools.count()
-
-    def submit(self, what: str, work: Callable[[], Any]) -> FakeFuture:
-        self.events.append(f"submit {what}")
-        failure = self.failures[what].pop(0) if self.failures[what] else None
-        if failure is not None:
-            return FakeFuture(self, what, error=failure)
-        return FakeFuture(self, what, value=work())
 
     def new_id(self) -> int:
         return next(self._ids)
 
     def connection(self) -> TinkerConnection:
         return TinkerConnection(service=FakeService(self), rest=FakeRest(self))
+
+    def saved(self, store: dict[str, Any], path: str) -> Any:
+        """A saved copy, or the service's refusal of a path deleted, expired or never saved."""
+        if path not in store or self.clock >= self.expires.get(path, float("inf")):
+            raise request_failed(RequestErrorCategory.User, f"checkpoint {path} not found")
+        return store[path]
+
+    def store(self, store: dict[str, Any], path: str, value: Any, ttl: int | None, *, overwrite):
+        if path in store and not overwrite:
+            raise request_failed(RequestErrorCategory.User, f"checkpoint {path} already exists")
+        store[path] = value
+        if ttl is not None:
+            self.expires[path] = self.clock + ttl
 
 
 class FakeRest:
@@ -106,10 +267,22 @@ class FakeRest:
             types.SupportedModel(model_name=name, trainable=True, sampleable=True)
             for name in self.server.models
         ]
-        return self.server.submit(
+        return self.server.worker.submit(
             "get_server_capabilities",
             lambda: types.GetServerCapabilitiesResponse(supported_models=supported),
         )
+
+    def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> FakeFuture:
+        server = self.server
+
+        def delete() -> None:
+            store = server.checkpoints if "/weights/" in tinker_path else server.sampler_weights
+            if tinker_path not in store:
+                raise status_error(tinker.NotFoundError, 404)
+            del store[tinker_path]
+            server.deleted.append(tinker_path)
+
+        return server.worker.submit("delete_checkpoint", delete)
 
 
 class FakeService:
@@ -135,20 +308,22 @@ class FakeService:
                 train_unembed=train_unembed,
             )
         )
-        return self.server.submit(
+        return self.server.worker.submit(
             "create_lora_training_client", lambda: FakeTrainingClient(self.server)
         )
 
     def create_training_client_from_state_with_optimizer(self, path: str) -> FakeFuture:
         def restore() -> FakeTrainingClient:
-            saved = self.server.checkpoints[path]
+            saved = self.server.saved(self.server.checkpoints, path)
             client = FakeTrainingClient(self.server)
             client.lm.load_state_dict(saved["lm"])
             client.optimizer.load_state_dict(saved["optimizer"])
             client.version = saved["version"]
             return client
 
-        return self.server.submit("create_training_client_from_state_with_optimizer", restore)
+        return self.server.worker.submit(
+            "create_training_client_from_state_with_optimizer", restore
+        )
 
     def create_sampling_client(
         self, model_path: str | None = None, base_model: str | None = None
@@ -156,12 +331,12 @@ class FakeService:
         if model_path is not None:
 
             def saved() -> FakeSamplingClient:
-                lm, version = self.server.sampler_weights[model_path]
+                lm, version = self.server.saved(self.server.sampler_weights, model_path)
                 return FakeSamplingClient(self.server, lm, version=version)
 
-            return self.server.submit("create_sampling_client", saved)
+            return self.server.worker.submit("create_sampling_client", saved)
         assert base_model in self.server.models
-        return self.server.submit(
+        return self.server.worker.submit(
             "create_sampling_client",
             lambda: FakeSamplingClient(self.server, self.server.base_lm, version=-1, base=True),
         )
@@ -175,16 +350,8 @@ class FakeTrainingClient:
         self.params = {n: p for n, p in self.lm.named_parameters() if p.requires_grad}
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=0.0, weight_decay=0.0)
         self.version = 0
-        self.poisoned = False
-
-    def _submit(self, what: str, work: Callable[[], Any]) -> FakeFuture:
-        if self.poisoned:
-            error = RuntimeError("A previous request failed; this TrainingClient is poisoned")
-            return FakeFuture(self.server, what, error=error)
-        future = self.server.submit(what, work)
-        if future.error is not None and what == "forward_backward_custom":
-            self.poisoned = True
-        return future
+        self._queue_state_logger = QueueStateLogger(self.run_id, "Training")
+        self.worker = Worker(server, observer=lambda: self._queue_state_logger)
 
     def _logprobs(self, datum: types.Datum, positions: Tensor | None = None) -> Tensor:
         """log p(target_tokens[i] | model_input[:i+1]) at `positions` (default: all)."""
@@ -214,7 +381,7 @@ class FakeTrainingClient:
                 metrics={**custom.metrics, "loss:sum": custom.loss_sum},
             )
 
-        return self._submit("forward_backward_custom", run)
+        return self.worker.submit("forward_backward_custom", run, poisons=True)
 
     def optim_step(self, params: types.AdamParams) -> FakeFuture:
         def run() -> types.OptimStepResponse:
@@ -236,41 +403,58 @@ class FakeTrainingClient:
             self.version += 1
             return types.OptimStepResponse(metrics={"fake_step": float(self.version)})
 
-        return self._submit("optim_step", run)
+        return self.worker.submit("optim_step", run)
 
-    def save_state(self, name: str, overwrite: bool = False) -> FakeFuture:
+    def save_state(
+        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False
+    ) -> FakeFuture:
         def run() -> types.SaveWeightsResponse:
             path = f"tinker://{self.run_id}/weights/{name}"
-            assert overwrite or path not in self.server.checkpoints
-            self.server.checkpoints[path] = {
+            state = {
                 "lm": copy.deepcopy(self.lm.state_dict()),
                 "optimizer": copy.deepcopy(self.optimizer.state_dict()),
                 "version": self.version,
             }
+            self.server.store(
+                self.server.checkpoints, path, state, ttl_seconds, overwrite=overwrite
+            )
             return types.SaveWeightsResponse(path=path)
 
-        return self._submit("save_state", run)
+        return self.worker.submit("save_state", run)
 
-    def save_weights_for_sampler(self, name: str) -> FakeFuture:
+    def save_weights_for_sampler(self, name: str, ttl_seconds: int | None = None) -> FakeFuture:
         def run() -> types.SaveWeightsForSamplerResponse:
             path = f"tinker://{self.run_id}/sampler_weights/{name}"
-            self.server.sampler_weights[path] = (copy.deepcopy(self.lm), self.version)
+            weights = (copy.deepcopy(self.lm), self.version)
+            self.server.store(
+                self.server.sampler_weights, path, weights, ttl_seconds, overwrite=False
+            )
             return types.SaveWeightsForSamplerResponse(path=path)
 
-        return self._submit("save_weights_for_sampler", run)
+        return self.worker.submit("save_weights_for_sampler", run)
 
     def save_weights_and_get_sampling_client(self) -> FakeFuture:
-        return self._submit(
+        return self.worker.submit(
             "save_weights_and_get_sampling_client",
             lambda: FakeSamplingClient(self.server, copy.deepcopy(self.lm), version=self.version),
         )
 
 
-class FakeSamplingClient:
-    """Samples from (and scores under) a fixed copy of the weights, or the bare base model."""
+class FakeSamplingClient(QueueStateObserver):
+    """Samples from (and scores under) a fixed copy of the weights, or the bare base model.
+
+    Like the SDK's SamplingClient it is its own queue observer.
+    """
 
     def __init__(self, server: FakeServer, lm: nn.Module, *, version: int, base: bool = False):
         self.server, self.lm, self.version, self.base = server, lm, version, base
+        self.queue_reports: list[QueueState] = []
+        self.worker = Worker(server, observer=lambda: self)
+
+    def on_queue_state_change(
+        self, queue_state: QueueState, queue_state_reason: str | None
+    ) -> None:
+        self.queue_reports.append(queue_state)
 
     def _adapter(self) -> Any:
         return self.lm.disable_adapter() if self.base else contextlib.nullcontext()
@@ -279,20 +463,28 @@ class FakeSamplingClient:
         self, prompt: types.ModelInput, num_samples: int, sampling_params: types.SamplingParams
     ) -> FakeFuture:
         self.server.sample_versions.append(self.version)
+        self.server.sample_requests.append((num_samples, sampling_params.seed))
 
-        def run() -> types.SampleResponse:
-            generator = torch.Generator().manual_seed(sampling_params.seed)
-            temperatures = torch.full((num_samples,), float(sampling_params.temperature))
+        def draw() -> list[int]:
+            generator = torch.Generator()
+            if sampling_params.seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(sampling_params.seed)
             with self._adapter():
-                drawn = sample_completions(
+                (drawn,) = sample_completions(
                     self.lm,
                     prompt.to_ints(),
-                    temperatures,
+                    torch.tensor([float(sampling_params.temperature)]),
                     max_new_tokens=sampling_params.max_tokens,
                     stop_ids=list(sampling_params.stop),
-                    vocab_size=self.lm.config.vocab_size,
+                    vocab_size=self.lm.config.vocab_size,  # the whole head, as the service
                     generator=generator,
                 )
+            return drawn
+
+        def run() -> types.SampleResponse:
+            drawn = [draw() for _ in range(num_samples)]
             return types.SampleResponse(
                 sequences=[
                     types.SampledSequence(
@@ -304,7 +496,7 @@ class FakeSamplingClient:
                 ]
             )
 
-        return self.server.submit("sample", run)
+        return self.worker.submit("sample", run)
 
     def compute_logprobs(
         self, prompt: types.ModelInput, prompt_logprobs_last_n: int | None = None
@@ -321,13 +513,13 @@ class FakeSamplingClient:
                 )
             return [None] * first + scores.tolist()
 
-        return self.server.submit("compute_logprobs", run)
+        return self.worker.submit("compute_logprobs", run)
 
 
 def token_logprobs(
     lm: nn.Module, tokens: Sequence[int], targets: Tensor, positions: Tensor
 ) -> Tensor:
-    """log p(targets[i] | tokens[:i+1]) at `positions`, at temperature 1.
+    """log p(targets[i] | tokens[:i+1]) at `positions`, at temperature 1, over the whole head.
 
     The LM head (151k outputs) runs only at those positions, in chunks: the backward needs
     just the weighted ones, and a long prompt's full logits would cost seconds.

@@ -5,25 +5,53 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
 import logging
 import math
 import os
+import threading
 from concurrent.futures import Future
 
 import httpx
+import numpy as np
 import pytest
 import tinker
 import torch
-from fake_tinker import HANG, FakeServer, rate_limit_error
+from fake_tinker import (
+    HANG,
+    LOST,
+    POISONED,
+    STALL,
+    FakeServer,
+    Queued,
+    Returns,
+    promise_expired,
+    rate_limit_error,
+    request_failed,
+    service_model_folder,
+    status_error,
+)
+from tinker import types
+from tinker.lib.api_future_impl import QueueState
+from tinker.types import RequestErrorCategory
 
 from synthstats.backends import TrainBatch, build_backend
 from synthstats.backends.local import LocalBackend
+from synthstats.backends.mock_model import qwen3_tokenizer_folder
 from synthstats.backends.tinker import CHECKPOINT_FILE, STATE_FILE, TinkerBackend, lora_blocks
+from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_connection import TinkerSetupError
 from synthstats.backends.tinker_datums import completion_log_probs, trajectory_datum
-from synthstats.backends.tinker_retry import TinkerBackendError, TinkerTimeoutError
+from synthstats.backends.tinker_retry import (
+    TinkerBackendError,
+    TinkerFatalError,
+    TinkerStepError,
+    TinkerTimeoutError,
+    watch_queue,
+)
 from synthstats.config import Config, ConfigError
+from synthstats.errors import PolicyStepError
 from synthstats.judge.score import Score
 from synthstats.objectives import build_objective
 
@@ -63,8 +91,12 @@ def perturbed_local(config: Config) -> LocalBackend:
 
 @pytest.fixture(scope="module")
 def base_lm():
-    """The fake server's model: the mock policy's PEFT model with a non-zero adapter."""
-    return perturbed_local(config_for("local")).module.lm
+    """The fake server's model: a tiny Qwen3 with the service's full head (151,936 outputs,
+    the tokenizer names 151,669), as a PEFT model with a non-zero adapter."""
+    folder = str(service_model_folder())
+    return perturbed_local(
+        config_for("local", policy__kind="hf", policy__model_name=folder)
+    ).module.lm
 
 
 @pytest.fixture
@@ -146,7 +178,9 @@ def test_gradients_and_loss_match_the_local_backend(make_backend):
     }
     local = perturbed_local(config_for("local", **frozen))
     server = FakeServer(copy.deepcopy(local.module.lm))
-    hosted = make_backend(config_for("tinker", **frozen), fake=server)
+    # The mock model's head is its tokenizer (151,669 ids), so both normalise alike.
+    head = {"policy__head_size": local.module.lm.config.vocab_size}
+    hosted = make_backend(config_for("tinker", **frozen, **head), fake=server)
     with torch.no_grad():
         local.module.log_z.values.fill_(3.0)
     hosted.log_z.load_state_dict(local.module.log_z.state_dict())
@@ -178,7 +212,11 @@ def test_sequence_log_probs_match_the_local_backend(make_backend):
     """Same weights, same trajectories: the summed completion log-probs eval reads from the
     Tinker sampler (compute_logprobs) equal the local backend's, at temperature 1."""
     local = perturbed_local(config_for("local"))
-    hosted = make_backend(fake=FakeServer(copy.deepcopy(local.module.lm)))
+    head = local.module.lm.config.vocab_size
+    hosted = make_backend(
+        config_for("tinker", policy__head_size=head),
+        fake=FakeServer(copy.deepcopy(local.module.lm)),
+    )
     batch = two_trajectories(local)
 
     expected = local.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
@@ -188,7 +226,7 @@ def test_sequence_log_probs_match_the_local_backend(make_backend):
     torch.testing.assert_close(scored, expected, rtol=1e-6, atol=1e-4)
 
 
-def test_step_submits_the_optimizer_step_before_waiting_and_refreshes_the_sampler(
+def test_step_submits_the_optimizer_step_before_waiting_and_the_next_sample_sees_it(
     make_backend, server
 ):
     backend = make_backend(config_for("tinker", train__learning_rate=1e-2))
@@ -201,11 +239,12 @@ def test_step_submits_the_optimizer_step_before_waiting_and_refreshes_the_sample
     assert step_events.index("submit optim_step") < step_events.index(
         "wait forward_backward_custom"
     )
-    assert step_events[-2:] == [
+    assert step_events[-1] == "wait optim_step"
+    backend.sample("dugongs", prompt, [1.0])
+    assert server.events[before + len(step_events) :][:2] == [
         "submit save_weights_and_get_sampling_client",
         "wait save_weights_and_get_sampling_client",
     ]
-    backend.sample("dugongs", prompt, [1.0])
     assert server.sample_versions == [0, 1]  # the second draw sees the trained weights
 
 
@@ -215,7 +254,9 @@ def test_sample_returns_one_rollout_per_temperature_in_order(make_backend, serve
     rollouts = backend.sample("dugongs", prompt, [1.0, 1.5, 1.0])
 
     assert [r.temperature for r in rollouts] == [1.0, 1.5, 1.0]
-    assert server.events.count("submit sample") == 2  # one request per temperature
+    # One request per sample, each with its own seed.
+    assert [n for n, _ in server.sample_requests] == [1, 1, 1]
+    assert len({seed for _, seed in server.sample_requests}) == 3
     for rollout in rollouts:
         assert rollout.prompt_ids == tuple(prompt)
         assert 1 <= len(rollout.completion_ids) <= 8
@@ -254,8 +295,9 @@ def test_a_bad_request_is_not_retried(make_backend, server):
         "prompt too long", response=httpx.Response(400, request=request), body=None
     )
     server.failures["sample"] = [bad]
-    with pytest.raises(tinker.BadRequestError):
+    with pytest.raises(TinkerFatalError, match=r"refused sampling \(400\)") as raised:
         backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    assert raised.value.__cause__ is bad
     assert server.events.count("submit sample") == 1
 
 
@@ -269,12 +311,13 @@ def test_retries_are_bounded(make_backend, server):
 
 
 def test_a_request_without_answer_is_a_clear_timeout(make_backend, server):
-    config = config_for("tinker")
-    config.policy.request_timeout_s = 0.05
-    backend = make_backend(config)
+    backend = make_backend()
+    prompt = backend.render_prompt(MESSAGES)
+    backend.sample("dugongs", prompt, [1.0])  # the sampler exists
+    backend.retry = dataclasses.replace(backend.retry, timeout_s=0.05)
     server.failures["sample"] = [HANG]
     with pytest.raises(TinkerTimeoutError, match=r"sampling got no answer.*request_timeout_s"):
-        backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+        backend.sample("dugongs", prompt, [1.0])
 
 
 def test_a_failed_forward_backward_stops_without_applying_the_batch(make_backend, server):
@@ -283,12 +326,233 @@ def test_a_failed_forward_backward_stops_without_applying_the_batch(make_backend
     server.failures["forward_backward_custom"] = [rate_limit_error()]
     log_z_before = backend.log_z.values.detach().clone()
 
-    with pytest.raises(TinkerBackendError, match="resume the run from its last checkpoint"):
+    with pytest.raises(TinkerStepError, match="reload the last checkpoint"):
         backend.train_step(batch, build_objective(Config().objective))
     assert server.applied_grads == []
     assert torch.equal(backend.log_z.values.detach(), log_z_before)
     with pytest.raises(TinkerBackendError, match="last checkpoint"):
         backend.train_step(batch, build_objective(Config().objective))
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (status_error(tinker.AuthenticationError, 401), "rejected the API key.*TINKER_API_KEY"),
+        (status_error(tinker.BillingError, 402), "billing problem.*Tinker console"),
+        (ValueError("Error retrieving result: 404"), "SDK does not retry it.*tinker 0.38"),
+        (request_failed(RequestErrorCategory.User, "bad input"), "request error \\(user\\)"),
+    ],
+)
+def test_fatal_sdk_errors_stop_at_once_with_what_to_do(make_backend, server, error, message):
+    backend = make_backend()
+    server.failures["sample"] = [error]
+    with pytest.raises(TinkerFatalError, match=message) as raised:
+        backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    assert raised.value.__cause__ is error
+    assert server.events.count("submit sample") == 1  # never retried
+
+
+def test_a_410_on_the_sampler_refresh_and_a_server_failure_are_retried(make_backend, server):
+    backend = make_backend()
+    server.failures["save_weights_and_get_sampling_client"] = [promise_expired()]
+    server.failures["sample"] = [request_failed(RequestErrorCategory.Server, "overloaded")]
+    (rollout,) = backend.sample("dugongs", backend.render_prompt(MESSAGES), [1.0])
+    assert rollout.completion_ids
+    assert server.events.count("submit save_weights_and_get_sampling_client") == 2
+    assert server.events.count("submit sample") == 2
+
+
+def test_a_queue_wait_longer_than_the_timeout_is_waited_for(make_backend, server):
+    """The service reports the request as queued: no timeout, however long the queue, up to
+    policy.queue_timeout_s; the SDK's own observers still get every report."""
+    backend = make_backend()
+    prompt = backend.render_prompt(MESSAGES)
+    backend.sample("dugongs", prompt, [1.0])  # the clients exist
+    backend.retry = dataclasses.replace(backend.retry, timeout_s=0.5)
+    server.failures["sample"] = [Queued(1.5)]
+    (rollout,) = backend.sample("dugongs", prompt, [1.0])
+    assert rollout.completion_ids
+    assert len(backend._sampler.queue_reports) >= 10  # passed on to the client's own observer
+
+    server.failures["forward_backward_custom"] = [Queued(1.5)]
+    backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+    assert len(server.applied_grads) == 1
+
+    backend.retry = dataclasses.replace(backend.retry, queue_timeout_s=0.3)
+    server.failures["sample"] = [Queued(2.0)]
+    with pytest.raises(TinkerTimeoutError, match="in the service's queue.*queue_timeout_s"):
+        backend.sample("dugongs", prompt, [1.0])
+
+
+def test_queue_watch_hooks_into_the_sdks_own_observers():
+    """The 0.38 SDK passes a TrainingClient's _queue_state_logger, and a SamplingClient
+    itself, as the observer of every request; the watch takes their place and passes on."""
+    assert "self._queue_state_logger = QueueStateLogger" in inspect.getsource(
+        tinker.TrainingClient.__init__
+    )
+    sampler = tinker.SamplingClient.__new__(tinker.SamplingClient)  # no session needed
+    sampler._last_queue_state_logged = 0.0
+    sampler._sampling_session_id = "fake-session"
+    watch = watch_queue(sampler)
+    sampler.on_queue_state_change(QueueState.PAUSED_CAPACITY, "busy")  # as the SDK calls it
+    assert (watch.state, watch.reason) == (QueueState.PAUSED_CAPACITY, "busy")
+    assert sampler._last_queue_state_logged > 0  # the SDK's own logging still ran
+    assert watch_queue(object()) is None
+
+
+def test_the_lazy_first_submission_is_bounded(make_backend, server):
+    """ServiceClient/RestClient open their session inside the first submission."""
+    server.failures["get_server_capabilities"] = [STALL]
+    try:
+        with pytest.raises(TinkerTimeoutError, match="could not be submitted.*session"):
+            make_backend(config_for("tinker", policy__request_timeout_s=0.1))
+    finally:
+        server.unstall.set()
+
+
+def test_a_loss_function_that_raises_surfaces_at_result_and_poisons_the_client(
+    make_backend, server, monkeypatch
+):
+    backend = make_backend()
+    batch = two_trajectories(backend)
+    caller = threading.get_ident()
+    seen: dict[str, object] = {}
+
+    def broken_loss(*args: object, **kwargs: object) -> None:
+        seen["thread"] = threading.get_ident()
+        seen["submitted"] = list(server.events)
+        raise ArithmeticError("boom")
+
+    monkeypatch.setattr("synthstats.backends.tinker.objective_loss", broken_loss)
+    with pytest.raises(TinkerFatalError, match="custom loss function raised ArithmeticError"):
+        backend.train_step(batch, build_objective(Config().objective))
+    assert seen["thread"] != caller  # the SDK's loss thread, after submission returned
+    assert "submit forward_backward_custom" in seen["submitted"]
+    assert server.applied_grads == []
+    # The optimizer step queued behind it got the SDK's poisoned-client RuntimeError.
+    training = backend._training
+    with pytest.raises(RuntimeError, match=POISONED):
+        training.optim_step(backend.adam).result(timeout=5)
+    with pytest.raises(TinkerBackendError, match="cannot go on"):
+        backend.train_step(batch, build_objective(Config().objective))
+
+
+def test_a_poisoned_client_is_a_step_error_the_loop_can_reload_from(make_backend, server):
+    backend = make_backend()
+    server.failures["optim_step"] = [RuntimeError(f"{POISONED} (fake)")]
+    with pytest.raises(TinkerStepError, match="reload the last checkpoint") as raised:
+        backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+    assert isinstance(raised.value, PolicyStepError)
+
+
+def test_a_resume_then_two_steps_and_one_sampler_save_per_checkpoint(
+    make_backend, server, tmp_path
+):
+    config = config_for("tinker", train__learning_rate=1e-2)
+    objective = build_objective(config.objective)
+    first = make_backend(config)
+    batch = two_trajectories(first)
+    first.train_step(batch, objective)
+    before = len(server.events)
+    first.save(tmp_path)
+    first.sample("dugongs", first.render_prompt(MESSAGES), [1.0])
+    since = server.events[before:]
+    # The checkpoint's sampler weights serve the next sample: saved once, not twice.
+    assert since.count("submit save_weights_for_sampler") == 1
+    assert "submit save_weights_and_get_sampling_client" not in since
+    assert "submit create_sampling_client" in since
+
+    second = make_backend(config)
+    second.load(tmp_path)
+    metrics = [second.train_step(batch, objective) for _ in range(2)]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert len(server.applied_grads) == 3 and second.steps == 3
+    second.sample("dugongs", second.render_prompt(MESSAGES), [1.0])
+    assert server.sample_versions[-1] == 3  # the restored client's weights, two steps on
+
+
+def test_a_retried_save_takes_a_fresh_name(make_backend, server, tmp_path):
+    """The first attempt was saved, its answer lost (410): the service refuses a name twice."""
+    backend = make_backend()
+    backend.train_step(two_trajectories(backend), build_objective(Config().objective))
+    server.failures["save_state"] = [LOST]
+    server.failures["save_weights_for_sampler"] = [LOST]
+    backend.save(tmp_path)
+    saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
+    assert saved["state_path"].endswith("/weights/step-000001-retry1")
+    assert saved["sampler_path"].endswith("/sampler_weights/step-000001-retry1")
+    training = backend._training
+    with pytest.raises(tinker.RequestFailedError, match="already exists"):
+        training.save_weights_for_sampler("step-000001").result(timeout=5)
+
+
+def test_sampled_ids_past_the_tokenizer_fit_the_head_and_ids_past_the_head_are_refused(
+    make_backend, server
+):
+    backend = make_backend()
+    assert backend.flow.token_embedding.num_embeddings == QWEN3_HEAD
+    assert len(backend.chat.tokenizer) < QWEN3_HEAD
+    stop = backend.chat.stop_ids[0]
+    prompt = backend.render_prompt(MESSAGES)
+
+    def answer(*tokens: int) -> Returns:
+        sequence = types.SampledSequence(
+            stop_reason="stop", sequence_id="planted", tokens_np=np.asarray(tokens, np.int32)
+        )
+        return Returns(types.SampleResponse(sequences=[sequence]))
+
+    server.failures["sample"] = [answer(151_900, stop)]
+    (rollout,) = backend.sample("dugongs", prompt, [1.0])
+    batch = TrainBatch(["dugongs"], [prompt], [list(rollout.completion_ids)], torch.tensor([0.0]))
+    assert math.isfinite(backend.train_step(batch, build_objective(Config().objective))["loss"])
+
+    server.failures["sample"] = [answer(QWEN3_HEAD, stop)]
+    with pytest.raises(TinkerBackendError, match="outside Qwen/Qwen3-8B's LM head.*head_size"):
+        backend.sample("dugongs", prompt, [1.0])
+    bad = TrainBatch(["dugongs"], [prompt], [[QWEN3_HEAD, stop]], torch.tensor([0.0]))
+    submitted = server.events.count("submit forward_backward_custom")
+    with pytest.raises(TinkerBackendError, match="outside"):
+        backend.train_step(bad, build_objective(Config().objective))
+    assert server.events.count("submit forward_backward_custom") == submitted
+
+
+def test_the_service_normalises_log_pf_over_the_whole_head(make_backend, server, base_lm):
+    """README: the local backend cuts logits at len(tokenizer); Tinker does not."""
+    backend = make_backend()
+    batch = two_trajectories(backend)
+    scored = backend.sequence_log_probs(batch.prompt_ids[:1], batch.completion_ids[:1])
+    prompt, completion = batch.prompt_ids[0], batch.completion_ids[0]
+    with torch.no_grad():
+        logits = base_lm(input_ids=torch.tensor([prompt + completion])).logits[0].float()
+    steps = logits[len(prompt) - 1 : -1]
+    target = torch.tensor(completion)[:, None]
+    full = steps.log_softmax(-1).gather(-1, target).sum()
+    cut = steps[:, : len(backend.chat.tokenizer)].log_softmax(-1).gather(-1, target).sum()
+    assert float(scored[0]) == pytest.approx(float(full), abs=1e-4)
+    assert float(full) < float(cut) - 1e-4
+
+
+def test_a_groups_samples_differ(make_backend, server):
+    """One seed for a whole request may give n equal samples (the fake does so on purpose);
+    each sample gets its own request and seed, so a group's samples differ."""
+    backend = make_backend(config_for("tinker", policy__max_new_tokens=6))
+    prompt = backend.render_prompt(MESSAGES)
+    rollouts = backend.sample("dugongs", prompt, [1.0] * 4)
+    assert len({r.completion_ids for r in rollouts}) > 1
+    shared = backend._sampler.sample(
+        types.ModelInput.from_ints(prompt), 4, backend._sampling_params(1.0)
+    ).result(timeout=60)
+    assert len({tuple(s.tokens) for s in shared.sequences}) == 1
+
+
+def test_adam_settings_are_one_set_for_both_backends(make_backend):
+    overrides = {"policy__adam_beta2": 0.98, "policy__adam_eps": 1e-10}
+    hosted = make_backend(config_for("tinker", **overrides))
+    local = build_backend(config_for("local", **overrides))
+    assert (hosted.adam.beta1, hosted.adam.beta2, hosted.adam.eps) == (0.9, 0.98, 1e-10)
+    for optimizer in (hosted.optimizer, local.optimizer):
+        for group in optimizer.param_groups:
+            assert (group["betas"], group["eps"]) == ((0.9, 0.98), 1e-10)
 
 
 # ---- start-up checks ---------------------------------------------------------------------
@@ -317,11 +581,75 @@ def test_an_unsupported_model_lists_the_supported_ones(make_backend):
         make_backend(config)
 
 
-def test_a_non_qwen3_model_needs_its_own_tokenizer(make_backend):
+def test_a_model_outside_the_family_table_needs_tokenizer_format_and_head(make_backend):
     config = config_for("tinker")
-    config.policy.model_name = "Qwen/Qwen3.5-4B"
-    with pytest.raises(ConfigError, match="policy.tokenizer=Qwen/Qwen3.5-4B"):
-        make_backend(config)
+    for name in ("Qwen/Qwen3.5-4B", "Qwen/Qwen3-VL-8B-Instruct"):
+        config.policy.model_name = name
+        with pytest.raises(ConfigError, match="policy.tokenizer.*chat_format.*head_size"):
+            make_backend(config)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "chat_format"),
+    [
+        ("Qwen/Qwen3-8B", "qwen3_hybrid"),
+        ("Qwen/Qwen3-30B-A3B", "qwen3_hybrid"),
+        ("Qwen/Qwen3-4B-Instruct-2507", "qwen3_instruct"),
+        ("Qwen/Qwen3-30B-A3B-Instruct-2507", "qwen3_instruct"),
+        ("Qwen/Qwen3-8B-Base", "role_plain"),
+    ],
+)
+def test_each_family_renders_its_own_prompt_token_for_token(make_backend, model_name, chat_format):
+    """Against the bundled Qwen3 template: hybrid with thinking off ends in an empty think
+    block; Instruct-2507 has no think tags (for system and user turns its template renders
+    what the hybrid one does with thinking on); Base gets plain role lines."""
+    server = FakeServer(None, models=[model_name])
+    backend = make_backend(config_for("tinker", policy__model_name=model_name), fake=server)
+    assert backend.chat.chat_format == chat_format and backend.head_size == QWEN3_HEAD
+    tokenizer = backend.chat.tokenizer
+
+    def bundled(enable_thinking: bool) -> list[int]:
+        return tokenizer.apply_chat_template(
+            MESSAGES,
+            add_generation_prompt=True,
+            enable_thinking=enable_thinking,
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
+
+    rendered = backend.render_prompt(MESSAGES)
+    if chat_format == "qwen3_hybrid":
+        assert rendered == bundled(False)
+        assert tokenizer.decode(rendered).endswith("<think>\n\n</think>\n\n")
+    elif chat_format == "qwen3_instruct":
+        assert rendered == bundled(True)
+        assert "<think>" not in tokenizer.decode(rendered)
+    else:
+        plain = "System: Write a PyMC model.\n\nUser: y = [1.2, 0.7]\n\nAssistant:"
+        assert rendered == tokenizer(plain, add_special_tokens=False)["input_ids"]
+
+
+def test_thinking_latent_needs_think_tags_and_other_models_need_a_spelled_out_family(
+    make_backend,
+):
+    for model_name in ("Qwen/Qwen3-4B-Instruct-2507", "Qwen/Qwen3-8B-Base"):
+        config = config_for("tinker", policy__model_name=model_name, policy__thinking="latent")
+        with pytest.raises(ConfigError, match="thinking=latent needs think tags"):
+            make_backend(config, fake=FakeServer(None, models=[model_name]))
+    folder = str(qwen3_tokenizer_folder())
+    config = config_for(
+        "tinker",
+        policy__model_name="Qwen/Qwen3.5-4B",
+        policy__tokenizer=folder,
+        policy__chat_format="qwen3_instruct",
+        policy__head_size=151_700,
+    )
+    backend = make_backend(config, fake=FakeServer(None, models=["Qwen/Qwen3.5-4B"]))
+    assert (backend.chat.chat_format, backend.head_size) == ("qwen3_instruct", 151_700)
+    assert backend.flow.token_embedding.num_embeddings == 151_700
+    config.policy.chat_format = "llama3"
+    with pytest.raises(ConfigError, match="chat_format='llama3'"):
+        make_backend(config, fake=FakeServer(None, models=["Qwen/Qwen3.5-4B"]))
 
 
 def test_lora_target_modules_choose_the_tinker_blocks(make_backend, server):
@@ -421,35 +749,62 @@ def test_reference_think_log_prob_scores_the_think_span_under_the_base_model(mak
 # ---- the real service (opt-in) -----------------------------------------------------------
 
 
+# Sampler and trainer run the same weights with different kernels; on the service their
+# log-probs of one completion agree to this many nats per token on average.
+LIVE_LOG_PROB_TOLERANCE = 0.05
+
+
 @pytest.mark.skipif(
     not os.environ.get("TINKER_API_KEY"), reason="live Tinker smoke test: set TINKER_API_KEY"
 )
-def test_live_tinker_samples_and_takes_one_step(tmp_path):
-    """Costs a few cents: model check, two samples, one training step, one checkpoint.
+def test_live_tinker_samples_steps_resumes_and_agrees_with_its_sampler(tmp_path):
+    """Costs a few cents: model check, six samples, three training steps, one checkpoint
+    (deleted at the end), a resume.
 
-    Also checks what the backend assumes of the service: a completion that stopped carries
-    its stop token, so log P_F includes the decision to stop.
+    Checks what the backend assumes of the service: a completion that stopped carries its
+    stop token (log P_F includes the decision to stop); the sampler's log-probs of a
+    completion agree with the trainer's within LIVE_LOG_PROB_TOLERANCE per token; a second
+    step runs after the sampler refresh; a resumed client takes a step from the saved state.
     """
     config = config_for("tinker", policy__max_new_tokens=64, policy__retry_backoff_s=2.0)
     config.policy.model_name = os.environ.get("SYNTHSTATS_TINKER_MODEL", "Qwen/Qwen3-8B")
     config.policy.tokenizer = os.environ.get("SYNTHSTATS_TINKER_TOKENIZER", "")
+    objective = build_objective(config.objective)
     backend = build_backend(config)
     prompt = backend.render_prompt([{"role": "user", "content": "Reply with the word yes."}])
-    rollouts = backend.sample("dugongs", prompt, [1.0, 1.0])
-    assert any(not rollout.truncated for rollout in rollouts), rollouts
-    batch = TrainBatch(
-        prompt_keys=["dugongs"] * 2,
-        prompt_ids=[prompt] * 2,
-        completion_ids=[list(rollout.completion_ids) for rollout in rollouts],
-        log_reward=torch.tensor([0.0, -1.0]),
-    )
-    metrics = backend.train_step(batch, build_objective(config.objective))
-    assert metrics["tokens"] == sum(len(rollout.completion_ids) for rollout in rollouts)
+
+    def sampled_batch() -> TrainBatch:
+        rollouts = backend.sample("dugongs", prompt, [1.0, 1.0])
+        assert any(not rollout.truncated for rollout in rollouts), rollouts
+        return TrainBatch(
+            prompt_keys=["dugongs"] * 2,
+            prompt_ids=[prompt] * 2,
+            completion_ids=[list(rollout.completion_ids) for rollout in rollouts],
+            log_reward=torch.tensor([0.0, -1.0]),
+        )
+
+    batch = sampled_batch()
+    sampler_log_pf = backend.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
+    metrics = backend.train_step(batch, objective)
+    tokens = sum(len(ids) for ids in batch.completion_ids)
+    assert metrics["tokens"] == tokens
     assert metrics["log_pf_mean"] < 0
+    gap = abs(float(sampler_log_pf.mean()) - metrics["log_pf_mean"]) * 2 / tokens
+    assert gap <= LIVE_LOG_PROB_TOLERANCE, f"sampler vs trainer: {gap:.3f} nats per token"
+
+    second = backend.train_step(sampled_batch(), objective)  # after the sampler refresh
+    assert math.isfinite(second["loss"]) and backend.steps == 2
     backend.save(tmp_path)
     saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
     assert saved["state_path"].startswith("tinker://")
     assert saved["sampler_path"].startswith("tinker://")
+
+    resumed = build_backend(config)
+    resumed.load(tmp_path)
+    assert resumed.sample("dugongs", prompt, [1.0])  # from the saved sampler weights
+    third = resumed.train_step(batch, objective)  # from the saved training state
+    assert math.isfinite(third["loss"]) and resumed.steps == 3
+    build_backend(config).release_checkpoint(tmp_path)
 
 
 # ---- the command line, against the fake -------------------------------------------------
@@ -516,6 +871,115 @@ def test_cli_trains_and_resumes_with_runner_tinker(server, monkeypatch, tmp_path
     assert [line["step"] for line in metrics] == [0, 1, 2]
     for path in run_dir.rglob("*"):
         assert not path.is_file() or FAKE_KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_failed_step_reloads_the_last_checkpoint_in_process(base_lm, monkeypatch, tmp_path):
+    """A forward-backward lost at step 3 (after the checkpoint at step 2): the run reloads
+    that checkpoint in-process and ends exactly as a run without the failure; remote copies
+    follow local pruning (two kept)."""
+    from click.testing import CliRunner
+
+    from synthstats.cli import train
+    from synthstats.envs import get_env
+
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    monkeypatch.setattr("synthstats.train.run.JudgePool", FailingJudge)
+    monkeypatch.setattr(
+        "synthstats.train.run.get_env",
+        lambda name: dataclasses.replace(get_env(name), reference_elpd=-60.0),
+    )
+    arguments = [
+        "runner=tinker",
+        "policy=tinker",
+        "env=dugongs",
+        "runner.train.steps=4",
+        "runner.train.batch_size=2",
+        "runner.train.checkpoint_every=1",
+        "runner.train.learning_rate=0.01",
+        "policy.max_new_tokens=6",
+        "policy.lora_dropout=0.0",
+        "--no-progress",
+    ]
+    losses = {}
+    for name, failures in (("clean", []), ("failed", [None, None, rate_limit_error()])):
+        server = FakeServer(base_lm)
+        server.failures["forward_backward_custom"] = list(failures)
+        monkeypatch.setattr("synthstats.backends.tinker.connect", server.connection)
+        run_dir = tmp_path / name
+        result = CliRunner().invoke(train, [*arguments, f"output_dir={run_dir}"])
+        assert result.exit_code == 0, result.output
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        losses[name] = [json.loads(line)["loss"] for line in lines]
+        assert [json.loads(line)["step"] for line in lines] == [0, 1, 2, 3]
+        assert len(server.applied_grads) == 4
+        # Checkpoints 1 and 2 were pruned locally, so their remote copies are gone.
+        assert len(server.deleted) == 4
+        assert all("step-000001" in p or "step-000002" in p for p in server.deleted)
+        assert len(server.checkpoints) == 2
+    assert "submit create_training_client_from_state_with_optimizer" in server.events
+    assert losses["failed"] == losses["clean"]
+
+
+def test_reloads_are_bounded_by_max_reloads(base_lm, monkeypatch, tmp_path):
+    """A step that keeps failing: one reload (runner.train.max_reloads=1), then the run stops
+    with the step's error, its last checkpoint intact for resume=."""
+    from click.testing import CliRunner
+
+    from synthstats.cli import train
+    from synthstats.envs import get_env
+    from synthstats.train.checkpoint import latest_checkpoint
+
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    monkeypatch.setattr("synthstats.train.run.JudgePool", FailingJudge)
+    monkeypatch.setattr(
+        "synthstats.train.run.get_env",
+        lambda name: dataclasses.replace(get_env(name), reference_elpd=-60.0),
+    )
+    server = FakeServer(base_lm)
+    server.failures["forward_backward_custom"] = [None, rate_limit_error(), rate_limit_error()]
+    monkeypatch.setattr("synthstats.backends.tinker.connect", server.connection)
+    run_dir = tmp_path / "run"
+    result = CliRunner().invoke(
+        train,
+        [
+            "runner=tinker",
+            "policy=tinker",
+            "env=dugongs",
+            "runner.train.steps=3",
+            "runner.train.batch_size=2",
+            "runner.train.checkpoint_every=1",
+            "runner.train.max_reloads=1",
+            "policy.max_new_tokens=6",
+            f"output_dir={run_dir}",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code != 0
+    assert "reload the last checkpoint" in result.output
+    assert server.events.count("submit forward_backward_custom") == 3
+    assert latest_checkpoint(run_dir).name == "step-000001"
+
+
+def test_remote_checkpoints_kept_or_released_with_a_clear_error_on_a_released_one(
+    make_backend, server, tmp_path
+):
+    config = config_for("tinker")
+    backend = make_backend(config)
+    backend.train_step(two_trajectories(backend), build_objective(config.objective))
+    backend.save(tmp_path / "one")
+    backend.train_step(two_trajectories(backend), build_objective(config.objective))
+    backend.save(tmp_path / "two")
+    kept = make_backend(config_for("tinker", policy__remote_checkpoints="keep_all"))
+    kept.release_checkpoint(tmp_path / "one")
+    assert server.deleted == []
+    backend.release_checkpoint(tmp_path / "two")  # the current one: never deleted
+    assert server.deleted == []
+    backend.release_checkpoint(tmp_path / "one")
+    assert len(server.deleted) == 2
+    stale = make_backend(config)
+    stale.load(tmp_path / "one")
+    with pytest.raises(TinkerFatalError, match="request error \\(user\\).*not found"):
+        stale.sample("dugongs", stale.render_prompt(MESSAGES), [1.0])
 
 
 def test_eval_of_a_tinker_run_samples_and_scores_its_recorded_sampler(

@@ -2,7 +2,8 @@
 
 The base model is frozen (bfloat16 on GPU, float32 on CPU unless policy.dtype says
 otherwise); the LoRA weights, log Z table, flow estimator and optimizer state are float32.
-One torch Adam optimizer has a group per trainable part, each with its own learning rate
+One torch Adam optimizer (betas and eps from policy.adam_*, as the Tinker backend sends
+them) has a group per trainable part, each with its own learning rate
 (LoRA: train.learning_rate, log Z: objective.log_z_lr, flow: train.flow_learning_rate);
 a part the config does not use (no flow estimator for TB, no table for VarGrad) gets no
 group, never an empty one. Gradients are clipped per group, so the large early log Z
@@ -110,7 +111,9 @@ class LocalBackend:
         # (itself, DDP or a DeepSpeed engine), so gradients are averaged over ranks.
         self.wrapped, self.optimizer = self.distributed.setup(
             self.module,
-            torch.optim.Adam(groups),
+            torch.optim.Adam(
+                groups, betas=(policy.adam_beta1, policy.adam_beta2), eps=policy.adam_eps
+            ),
             micro_batch_size=self.distributed.share(train.batch_size),
             max_grad_norm=train.max_grad_norm,
         )

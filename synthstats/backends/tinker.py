@@ -4,27 +4,36 @@ The base model and its LoRA weights live on the service; the log Z table, the pr
 network and their torch optimizer live here. One training step:
 
     forward_backward_custom(datums, loss_fn)   the service returns trainer-side log-probs
-                                               (temperature 1) with gradient; loss_fn runs
-                                               the shared objective with the local log Z and
-                                               flows; the SDK sends -dloss/dlogprobs back
+                                               (temperature 1, over the model's whole head)
+                                               with gradient; loss_fn runs the shared
+                                               objective with the local log Z and flows on
+                                               the SDK's loss thread; the SDK sends
+                                               -dloss/dlogprobs back
     optim_step(AdamParams)                     submitted before waiting on the above
     local Adam step                            log Z and flow network, once grads are in
-    save_weights_and_get_sampling_client()     sampling follows the new weights
 
-Faults: every wait has policy.request_timeout_s; rate limits and transient errors are
-retried (tinker_retry). A failed forward-backward is the exception: the SDK then refuses
-every later request of that training client, so the step raises and the run must resume
-from its last checkpoint (the service applied nothing of the batch).
+The next sample() takes a sampling client on the new weights: the checkpoint's sampler
+weights when save() already wrote them for this step (saved once), else an ephemeral
+save_weights_and_get_sampling_client().
+
+Faults (tinker_retry): transient errors are retried, fatal ones stop with a clear message,
+a queued request is waited for. A failed forward-backward poisons the SDK's training
+client, so the step raises TinkerStepError (a PolicyStepError): the loop reloads the last
+checkpoint in-process, which makes fresh clients from the saved state.
 
 Checkpoint layout written by `save`:
     tinker_checkpoint.json   base model, LoRA rank, step, tinker:// paths of the training
                              state (resume) and of the sampler weights (synthstats eval)
     policy_state.pt          log Z table, flow network, local optimizer, sampling RNG
+Remote copies follow the local retention: `release_checkpoint` deletes the ones a pruned
+folder names (policy.remote_checkpoints=keep_all keeps them).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -36,7 +45,7 @@ from torch import Tensor
 
 from synthstats.backends.base import Rollout, TrainBatch
 from synthstats.backends.policy_module import TrajectoryScores, objective_loss
-from synthstats.backends.tinker_chat import ChatTokens, load_tokenizer
+from synthstats.backends.tinker_chat import ChatTokens, load_tokenizer, model_family
 from synthstats.backends.tinker_connection import (
     TinkerConnection,
     check_model_supported,
@@ -50,11 +59,17 @@ from synthstats.backends.tinker_datums import (
     trajectory_datum,
 )
 from synthstats.backends.tinker_retry import (
+    QueueWatch,
     RetryPolicy,
     TinkerBackendError,
+    TinkerFatalError,
+    TinkerStepError,
+    explained,
+    is_transient,
     request,
     wait,
     wait_with_retries,
+    watch_queue,
     with_retries,
 )
 from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
@@ -67,6 +82,8 @@ from synthstats.objectives import (
     think_log_prob,
     think_span_mask,
 )
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "tinker_checkpoint.json"
 STATE_FILE = "policy_state.pt"
@@ -105,9 +122,22 @@ class TinkerBackend:
             timeout_s=policy.request_timeout_s,
             max_retries=policy.max_retries,
             backoff_s=policy.retry_backoff_s,
+            queue_timeout_s=policy.queue_timeout_s,
         )
         self.lora_blocks = lora_blocks(policy.lora_target_modules)
-        self.chat = ChatTokens(load_tokenizer(policy), enable_thinking=policy.thinking != "off")
+        self.family = model_family(policy)
+        self.chat = ChatTokens(
+            load_tokenizer(policy, self.family),
+            chat_format=self.family.chat_format,
+            enable_thinking=policy.thinking != "off",
+        )
+        # The service samples over the whole LM head, beyond the tokenizer's last id.
+        self.head_size = self.family.head_size
+        if self.head_size < len(self.chat.tokenizer):
+            raise ConfigError(
+                f"{policy.model_name}: head size {self.head_size} is below the tokenizer's "
+                f"{len(self.chat.tokenizer)} ids; check policy.head_size"
+            )
         self.adam = types.AdamParams(
             learning_rate=train.learning_rate,
             beta1=policy.adam_beta1,
@@ -121,8 +151,9 @@ class TinkerBackend:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.log_z = LogZTable(prompt_keys) if objective.log_z == "learned" else None
-            vocab_size = len(self.chat.tokenizer)
-            self.flow = PrefixFlowNet(prompt_keys, vocab_size=vocab_size) if needs_flow else None
+            self.flow = (
+                PrefixFlowNet(prompt_keys, vocab_size=self.head_size) if needs_flow else None
+            )
         groups = []
         if self.log_z is not None:
             groups.append(
@@ -136,11 +167,16 @@ class TinkerBackend:
                     "lr": train.flow_learning_rate,
                 }
             )
-        self.optimizer = torch.optim.Adam(groups) if groups else None
+        betas = (policy.adam_beta1, policy.adam_beta2)
+        self.optimizer = (
+            torch.optim.Adam(groups, betas=betas, eps=policy.adam_eps) if groups else None
+        )
         self.generator = torch.Generator().manual_seed(seed)
         self.steps = 0
         self._training: Any = None
+        self._training_queue: QueueWatch | None = None
         self._sampler: Any = None
+        self._sampler_queue: QueueWatch | None = None
         self._reference: Any = None
         self._saved: dict[str, Any] | None = None
         self._broken: str | None = None
@@ -165,28 +201,23 @@ class TinkerBackend:
             raise ValueError(f"sampling temperatures must be > 0, got {list(temperatures)}")
         sampler = self._sampling_client()
         prompt = types.ModelInput.from_ints(list(prompt_ids))
-        rows_by_temperature: dict[float, list[int]] = {}
-        for row, temperature in enumerate(temperatures):
-            rows_by_temperature.setdefault(float(temperature), []).append(row)
-        # Seeds are drawn once, so a retried request draws the same completions.
-        requests = [
-            (rows, self._sampling_params(temperature))
-            for temperature, rows in rows_by_temperature.items()
-        ]
+        # One request per sample, each with its own seed: a seed applies to a whole request,
+        # so num_samples > 1 under one seed may draw one completion n times. Seeds are drawn
+        # once, so a retried request draws the same completion.
+        params = [self._sampling_params(temperature) for temperature in temperatures]
 
         def attempt() -> list[Any]:
-            futures = [sampler.sample(prompt, len(rows), params) for rows, params in requests]
-            return [wait(future, "sampling", self.retry.timeout_s) for future in futures]
+            futures = [sampler.sample(prompt, 1, each) for each in params]
+            return [wait(f, "sampling", self.retry, self._sampler_queue) for f in futures]
 
         responses = with_retries(attempt, "sampling", self.retry)
-        completions: list[list[int]] = [[] for _ in temperatures]
-        for (rows, _), response in zip(requests, responses, strict=True):
-            if len(response.sequences) != len(rows):
+        completions: list[list[int]] = []
+        for response in responses:
+            if len(response.sequences) != 1:
                 raise TinkerBackendError(
-                    f"Tinker returned {len(response.sequences)} samples, asked for {len(rows)}"
+                    f"Tinker returned {len(response.sequences)} samples, asked for 1"
                 )
-            for row, sequence in zip(rows, response.sequences, strict=True):
-                completions[row] = list(sequence.tokens)
+            completions.append(self._checked_ids(response.sequences[0].tokens, "sampled"))
         return [
             Rollout(
                 prompt_key=prompt_key,
@@ -198,6 +229,18 @@ class TinkerBackend:
             )
             for ids, temperature in zip(completions, temperatures, strict=True)
         ]
+
+    def _checked_ids(self, ids: Sequence[int], what: str) -> list[int]:
+        """ids as a list, refused before they reach the loss if the model's head lacks one."""
+        ids = list(ids)
+        outside = [token for token in ids if not 0 <= token < self.head_size]
+        if outside:
+            raise TinkerBackendError(
+                f"{what} token id {outside[0]} is outside {self.policy.model_name}'s LM head "
+                f"({self.head_size} ids, from the family table or policy.head_size): the "
+                "head size is wrong for this model; set policy.head_size to its vocab_size"
+            )
+        return ids
 
     def _sampling_params(self, temperature: float) -> types.SamplingParams:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=self.generator))
@@ -217,6 +260,8 @@ class TinkerBackend:
                 "objective.loss=tb; build it from the same objective config"
             )
         self._check_usable()
+        for ids in batch.completion_ids:
+            self._checked_ids(ids, "training")
         training = self._training_client()
         data = [
             trajectory_datum(prompt, completion)
@@ -227,25 +272,31 @@ class TinkerBackend:
         if self.optimizer is not None:
             self.optimizer.zero_grad(set_to_none=True)
         # Both requests go out before either is awaited; the service runs them in order.
+        queue = self._training_queue
         backward = training.forward_backward_custom(data, loss_fn)
         optim = training.optim_step(self.adam)
         try:
-            wait(backward, "forward-backward", self.retry.timeout_s)
+            wait(backward, "forward-backward", self.retry, queue)
             metrics = self._step_local_parts()
             response = wait_with_retries(
-                optim, lambda: training.optim_step(self.adam), "optimizer step", self.retry
+                optim, lambda: training.optim_step(self.adam), "optimizer step", self.retry, queue
             )
         except Exception as error:
-            # After a failed forward-backward the SDK refuses this client's requests; after
-            # a lost optimizer step its gradients would add to the next batch's.
+            # After a failed forward-backward the SDK refuses this client's requests (the
+            # loss function's own error included); after a lost optimizer step its gradients
+            # would add to the next batch's.
             self._broken = (
-                f"Tinker training step {self.steps + 1} failed ({error}); this training "
-                "client cannot go on: resume the run from its last checkpoint"
+                f"Tinker training step {self.steps + 1} failed ({type(error).__name__}: "
+                f"{error}); this training client cannot go on: reload the last checkpoint"
             )
-            raise TinkerBackendError(self._broken) from error
+            if isinstance(error, TinkerFatalError):
+                raise  # the loss function's own error: a reload would replay it
+            problem = None if is_transient(error) else explained(error, "the training step")
+            if isinstance(problem, TinkerFatalError):
+                raise problem from error  # a rejected key or billing: reloading cannot help
+            raise TinkerStepError(self._broken) from error
         self.steps += 1
-        self._sampler = None  # a failed refresh leaves the next sample() to retry it
-        self._sampler = self._refresh_sampler()
+        self._sampler = None  # the next sample() takes a client on the new weights
         metrics.update(recorded)
         for key, value in (response.metrics or {}).items():
             metrics[f"tinker/{key}"] = float(value)
@@ -264,6 +315,16 @@ class TinkerBackend:
         def loss_fn(
             data: list[types.Datum], logprobs: list[Tensor]
         ) -> tuple[Tensor, dict[str, float]]:
+            try:
+                return objective_on(logprobs)
+            except Exception as error:  # runs on the SDK's loss thread; surfaces at result()
+                raise TinkerFatalError(
+                    f"the custom loss function raised {type(error).__name__}: {error}; this "
+                    "is a fault of the loss, not of the service (the SDK has poisoned the "
+                    "training client)"
+                ) from error
+
+        def objective_on(logprobs: list[Tensor]) -> tuple[Tensor, dict[str, float]]:
             log_pf, mask = completion_log_probs(logprobs, prompt_lengths, completion_lengths)
             log_flow = None
             if self.flow is not None:
@@ -348,12 +409,14 @@ class TinkerBackend:
             for prompt, completion in zip(prompt_ids, completion_ids, strict=True)
         ]
 
+        watch = self._sampler_queue if client is self._sampler else None
+
         def attempt() -> list[Any]:
             futures = [
                 client.compute_logprobs(sequence, prompt_logprobs_last_n=len(completion) or None)
                 for sequence, completion in zip(sequences, completion_ids, strict=True)
             ]
-            return [wait(future, what, self.retry.timeout_s) for future in futures]
+            return [wait(future, what, self.retry, watch) for future in futures]
 
         scored = with_retries(attempt, what, self.retry)
         return [
@@ -382,22 +445,27 @@ class TinkerBackend:
         os.replace(staging, directory / STATE_FILE)
 
     def _save_on_service(self) -> dict[str, Any]:
-        """Training state (weights + Adam) and sampler weights, both submitted before waiting."""
+        """Training state (weights + Adam) and sampler weights, both submitted before waiting.
+
+        A retry takes a fresh name: the first attempt may have been saved on the service
+        with only its answer lost, and the service refuses a name twice.
+        """
         training = self._training_client()
-        name = f"step-{self.steps:06d}"
-        state = training.save_state(name, overwrite=True)
-        sampler = training.save_weights_for_sampler(name)
-        state_path = wait_with_retries(
-            state,
-            lambda: training.save_state(name, overwrite=True),
-            "checkpoint save",
-            self.retry,
-        ).path
+        base = f"step-{self.steps:06d}"
+        state_names = (f"{base}-retry{n}" if n else base for n in itertools.count())
+        sampler_names = (f"{base}-retry{n}" if n else base for n in itertools.count())
+
+        def save_state() -> Any:
+            return training.save_state(next(state_names))
+
+        def save_sampler() -> Any:
+            return training.save_weights_for_sampler(next(sampler_names))
+
+        queue = self._training_queue
+        state, sampler = save_state(), save_sampler()
+        state_path = wait_with_retries(state, save_state, "checkpoint save", self.retry, queue).path
         sampler_path = wait_with_retries(
-            sampler,
-            lambda: training.save_weights_for_sampler(name),
-            "sampler weights save",
-            self.retry,
+            sampler, save_sampler, "sampler weights save", self.retry, queue
         ).path
         return {
             "base_model": self.policy.model_name,
@@ -406,6 +474,32 @@ class TinkerBackend:
             "state_path": state_path,
             "sampler_path": sampler_path,
         }
+
+    def release_checkpoint(self, directory: Path) -> None:
+        """Local pruning is deleting `directory`: delete the remote copies it names.
+
+        policy.remote_checkpoints=keep_all keeps them. A failed delete is logged, not
+        raised: a leftover remote copy costs storage, not the run.
+        """
+        if self.policy.remote_checkpoints == "keep_all":
+            return
+        record = Path(directory) / CHECKPOINT_FILE
+        if not record.is_file():
+            return
+        saved = json.loads(record.read_text())
+        current = self._saved or {}
+        for key in ("state_path", "sampler_path"):
+            path = saved.get(key)
+            if not path or path == current.get(key):
+                continue
+            try:
+                request(
+                    lambda path=path: self.connection.rest.delete_checkpoint_from_tinker_path(path),
+                    "checkpoint delete",
+                    self.retry,
+                )
+            except Exception as error:
+                log.warning("could not delete the remote checkpoint %s: %s", path, error)
 
     def load(self, directory: Path) -> None:
         directory = Path(directory)
@@ -424,10 +518,13 @@ class TinkerBackend:
         self.generator.set_state(state["sampling_rng"])
         # The service clients come lazily: sampling (synthstats eval) needs only the
         # checkpoint's sampler weights; the first training step restores the training state.
+        # A failed client is dropped here, which is how the loop's reload recovers.
         self._training = None
+        self._training_queue = None
         self.steps = state["steps"]
         self._saved = saved
         self._sampler = None
+        self._sampler_queue = None
         self._broken = None
 
     # ---- service clients ----------------------------------------------------------------
@@ -454,25 +551,30 @@ class TinkerBackend:
                 "training client creation",
                 self.retry,
             )
+        if self._training_queue is None:
+            self._training_queue = watch_queue(self._training)
         return self._training
 
     def _sampling_client(self) -> Any:
-        if self._sampler is None and self._training is None and self._saved is not None:
-            # A loaded checkpoint not trained on yet: its recorded sampler weights.
-            path = self._saved["sampler_path"]
-            self._sampler = request(
-                lambda: self.connection.service.create_sampling_client(model_path=path),
-                "sampler from checkpoint",
-                self.retry,
-            )
+        """A sampler on the current weights: saved ones when this step has them, or fresh."""
         if self._sampler is None:
-            self._sampler = self._refresh_sampler()
+            if self._saved is not None and self._saved["step"] == self.steps:
+                path = self._saved["sampler_path"]
+                self._sampler = request(
+                    lambda: self.connection.service.create_sampling_client(model_path=path),
+                    "sampler from checkpoint",
+                    self.retry,
+                )
+            else:
+                training = self._training_client()
+                self._sampler = request(
+                    training.save_weights_and_get_sampling_client,
+                    "sampler refresh",
+                    self.retry,
+                    self._training_queue,
+                )
+            self._sampler_queue = watch_queue(self._sampler)
         return self._sampler
-
-    def _refresh_sampler(self) -> Any:
-        """A sampling client on the training client's current weights."""
-        training = self._training_client()
-        return request(training.save_weights_and_get_sampling_client, "sampler refresh", self.retry)
 
     def _check_usable(self) -> None:
         if self._broken is not None:

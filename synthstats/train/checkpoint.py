@@ -39,6 +39,7 @@ def save_checkpoint(
     config_yaml: str,
     is_main: bool = True,
     keep: int = KEEP_CHECKPOINTS,
+    release_policy: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint `step` and point `latest` at it, never leaving a half-written one.
 
@@ -64,7 +65,7 @@ def save_checkpoint(
         shutil.rmtree(final)
     os.replace(staging, final)
     _write_atomically(root / "latest", name)
-    _prune(root, keep=keep)
+    _prune(root, keep=keep, release=release_policy)
     return final
 
 
@@ -107,7 +108,10 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(staging, path)
 
 
-def _prune(root: Path, keep: int) -> None:
+def _prune(root: Path, keep: int, release: Callable[[Path], None] | None = None) -> None:
+    """Keep the newest `keep` checkpoints; release(policy folder) drops what one holds elsewhere."""
     complete = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
     for old in complete[:-keep]:
+        if release is not None:
+            release(old / "policy")
         shutil.rmtree(old, ignore_errors=True)

@@ -33,12 +33,13 @@ from synthstats.backends.base import PolicyBackend, Rollout, TrainBatch
 from synthstats.backends.distributed import Distributed
 from synthstats.config import Config
 from synthstats.envs.base import Env
+from synthstats.errors import PolicyStepError
 from synthstats.judge.extract import extract_program
 from synthstats.judge.score import Score
 from synthstats.objectives import Objective, objective_log_reward, temperature_at
 from synthstats.objectives.reward import tempered_log_reward
 from synthstats.replay import ReplayBuffer, ReplayItem, program_hash
-from synthstats.train.checkpoint import save_checkpoint
+from synthstats.train.checkpoint import latest_checkpoint, load_loop_state, save_checkpoint
 from synthstats.train.metrics import MetricsLogger
 
 log = logging.getLogger("synthstats.train")
@@ -195,7 +196,46 @@ class Trainer:
         return state
 
     def run(self, state: LoopState, progress: Callable[[int], None] | None = None) -> LoopState:
-        """Train from state.step to the configured number of steps (or until SIGTERM)."""
+        """Train from state.step to the configured number of steps (or until SIGTERM).
+
+        A step that fails with a PolicyStepError (a lost Tinker request, a poisoned client)
+        reloads the last checkpoint in-process, as resume= would, up to
+        runner.train.max_reloads times; a single process only, as ranks cannot agree on it.
+        """
+        reloads = 0
+        while True:
+            try:
+                return self._run(state, progress)
+            except PolicyStepError as error:
+                checkpoint = latest_checkpoint(self.run_dir)
+                limit = self.config.runner.train.max_reloads
+                if checkpoint is None or reloads >= limit or self.distributed.world_size > 1:
+                    raise
+                reloads += 1
+                log.warning(
+                    "step failed (%s); reloading %s, reload %d of %d",
+                    error,
+                    checkpoint,
+                    reloads,
+                    limit,
+                )
+                failed_at = state.step
+                state = self.reload(checkpoint)
+                if progress is not None:
+                    progress(state.step - failed_at)  # the bar steps back to the checkpoint
+
+    def reload(self, checkpoint: Path) -> LoopState:
+        """The policy and loop state of `checkpoint`, exactly as resume= restores them."""
+        self.backend.load(checkpoint / "policy")
+        state = LoopState.from_state_dict(
+            self.distributed.rank_loop_state(load_loop_state(checkpoint)),
+            self.config.runner.train.replay_capacity,
+        )
+        if self.metrics is not None:
+            self.metrics.rewind(state.step)
+        return state
+
+    def _run(self, state: LoopState, progress: Callable[[int], None] | None) -> LoopState:
         train = self.config.runner.train
         pending = self._submit_next(state) if state.next_batch is None else None
         with _StopRequest() as stop:
@@ -235,6 +275,8 @@ class Trainer:
             self.run_dir,
             state.step,
             save_policy=self.backend.save,
+            # A backend with remote copies (Tinker) drops them with the local folder.
+            release_policy=getattr(self.backend, "release_checkpoint", None),
             loop_state=self.distributed.checkpoint_loop_state(state.state_dict()),
             config_yaml=self.config_yaml,
             is_main=self.distributed.is_main,

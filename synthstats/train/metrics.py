@@ -75,6 +75,12 @@ class MetricsLogger:
             ) from error
         id_file.write_text(run_id + "\n")
 
+    def rewind(self, step: int) -> None:
+        """Drop lines after `step`: the loop reloaded that checkpoint and logs them again."""
+        self._file.close()
+        _truncate_after(self.path, step)
+        self._file = self.path.open("a")
+
     def log(self, metrics: Mapping[str, Any]) -> None:
         step = int(metrics["step"])
         if self._file is not None:
