@@ -97,6 +97,7 @@ class SandboxedWorker:
                 "chains": cfg.chains,
                 "target_accept": cfg.target_accept,
                 "seed": cfg.seed,
+                "loo_refits": cfg.loo_refits,
             },
             "limits": {
                 "timeout_s": cfg.timeout_s,
