@@ -17,7 +17,7 @@ from synthstats.judge.contract import check_contract
 from synthstats.judge.loo import Refit, _folds, refit_log_likelihood, summarise_fit
 from synthstats.judge.runner import _SAMPLE, Budget, run_program, score_source
 
-BUDGET = Budget(draws=150, tune=150, chains=2, target_accept=0.9, seed=0, loo_refits=3)
+BUDGET = Budget(draws=100, tune=100, chains=2, target_accept=0.9, seed=0, loo_refits=3)
 # Per-observation effects with a tiny likelihood sigma: each point fits itself, so PSIS-LOO
 # (Pareto k far above 0.7) pays it far above the honest model on dugongs.
 PER_OBSERVATION_EFFECTS = """import pymc as pm
