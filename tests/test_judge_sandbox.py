@@ -265,6 +265,11 @@ def test_programs_leave_nothing_behind_and_cannot_poison_the_compile_cache(
         ("dev_shm", "put('/dev/shm/marker')\n"),
         ("parent_stderr", "fd = g['open']('/proc/%d/fd/2' % g['getppid'](), g['O_WRONLY'])\n"),
         ("parent_memory", "fd = g['open']('/proc/%d/mem' % g['getppid'](), g['O_RDONLY'])\n"),
+        (
+            "ptrace_parent",  # PTRACE_ATTACH to the worker: -1 (EPERM), it is non-dumpable
+            "libc = g['__builtins__']['__import__']('ctypes').CDLL(None)\n"
+            "raise ValueError('ptrace=%d' % libc.ptrace(16, g['getppid'](), 0, 0))\n",
+        ),
     ]
     for name, body in cases:
         score = worker.score(ESCAPE + plant + body, ENV)
@@ -272,6 +277,8 @@ def test_programs_leave_nothing_behind_and_cannot_poison_the_compile_cache(
         assert _host_files(worker) - before == set(), name
         if name == "disk_fill":  # 96 MB into a 64 MB scratch
             assert "No space left on device" in score.message, score
+        if name == "ptrace_parent":
+            assert "ptrace=-1" in score.message, score
     look = worker.score(ESCAPE + "raise ValueError(str(g['listdir']('.')))\n", ENV)
     assert look.error_kind == "runtime", look
     assert "marker" not in look.message and "fill" not in look.message, look
