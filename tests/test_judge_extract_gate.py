@@ -57,6 +57,8 @@ def test_gate_passes_a_plain_model():
     assert check_program(custom) is None
     assert check_program("from scipy import stats\nimport pytensor.tensor as pt\n") is None
     assert check_program("name = 'beta_{}'.format(3)\nlabel = f'x{name}'\n") is None
+    local_items = "x = [0, 1]\nx[0] = 2\nm = {}\nm['a'] = [1]\nm['a'][0] = 3\n"
+    assert check_program(local_items) is None
 
 
 def test_gate_reports_syntax_errors_with_the_line():
@@ -97,6 +99,37 @@ def test_gate_reports_syntax_errors_with_the_line():
         "import pytensor.tensor as pt\nclass X(pt.elemwise.Elemwise):\n"
         "    def c_code(self, *args):\n        return 'system(\"id\");'\n",
         "X = type('X', (object,), {'c_support_code': print})",
+        # frames, code objects, generators, coroutines, tracebacks (issue 17)
+        "def g():\n    yield 1\nf = g().gi_frame.f_back.f_globals",
+        "def g():\n    yield 1\nc = g().gi_code.co_consts",
+        "async def c():\n    pass\nf = c().cr_frame",
+        "async def a():\n    yield 1\nf = a().ag_frame",
+        "try:\n    1 / 0\nexcept Exception as e:\n    f = e.__traceback__",
+        "def h(tb):\n    return tb.tb_frame.f_builtins",
+        "def h(tb):\n    return tb.tb_next.f_locals",
+        "def h(f):\n    return f.f_code.co_code",
+        # three-argument type() and a class statement defining a C hook
+        "X = type('X', (), {'c_' + 'code': print})",
+        "t = type\nX = t('X', (), {})",
+        "import pytensor.tensor as pt\nclass X(pt.elemwise.Elemwise):\n    c_code = print\n",
+        "import pytensor.tensor as pt\nclass X(pt.Op):\n"
+        "    def __init__(self):\n        self.c_code = print\n",
+        "X = dict(c_code=print)",
+        # shell, pickle and file functions reachable through allowed modules
+        "import pytensor\npytensor.utils.output_subprocess_Popen(['id'])",
+        "import pytensor\npytensor.utils.subprocess_Popen(['id'])",
+        "import pytensor\npytensor.function_dump('/tmp/f', [], [])",
+        "import pymc as pm\npm.parallel.cloudpickle.loads(b'')",
+        "import pymc as pm\nx = pm.data.pd.read_csv('/etc/passwd')",
+        "import pymc as pm\nx = pm.data.xr.open_dataset('/etc/passwd')",
+        "import numpy as np\nx = np.loadtxt('/etc/passwd')",
+        "import numpy as np\nx = np.fromfile('/etc/passwd')",
+        "import numpy as np\nx = np.memmap('/etc/passwd')",
+        "import numpy as np\nx = np.load('/tmp/x.npy', allow_pickle=True)",
+        "import pytensor.tensor as pt\nf = pt.as_op",
+        # global settings through item assignment (ic_scale flipped the ELPD's sign)
+        "import pymc as pm\npm.backends.arviz.rcParams['stats.ic_scale'] = 'negative_log'",
+        "import numpy as np\nnp.zeros(3).tolist()[0] = 1\nnp.core.x[0] = 1",
     ],
 )
 def test_gate_forbids(source):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -222,6 +224,90 @@ def test_containment_behind_the_gate(worker, good_score, canaries, host_secret_f
             listener.accept()
     finally:
         listener.close()
+
+
+def _host_files(worker: SandboxedWorker) -> set[str]:
+    """Every file in the worker's host folder, bar its own compile cache's modules."""
+    root = worker._work_dir
+    return {str(path.relative_to(root)) for path in root.rglob("*") if not path.is_dir()}
+
+
+def test_programs_leave_nothing_behind_and_cannot_poison_the_compile_cache(
+    worker, good_score, canaries
+):
+    """Scratch is a capped tmpfs gone with its program; the worker's host folder and compile
+    dir are read-only to programs (a planted pickle once ran on the next cache refresh)."""
+    if not worker.confined:
+        pytest.skip("no unprivileged user namespaces here")
+    before = _host_files(worker)
+    first = str(canaries[0])
+    # A pickle that runs a shell command when unpickled, as PyTensor's cache refresh would.
+    poison = f"b'cposix\\nsystem\\n(Vtouch {first}\\ntR.'"
+    plant = (
+        "base = g['environ']['SYNTHSTATS_JUDGE_WORK_DIR']\n"
+        "def put(path, payload=b'x'):\n"
+        "    g['makedirs'](g['path'].dirname(g['path'].abspath(path)), exist_ok=True)\n"
+        "    fd = g['open'](path, g['O_CREAT'] | g['O_WRONLY'])\n"
+        "    g['write'](fd, payload)\n"
+    )
+    cases = [
+        ("disk_fill", "for i in range(12):\n    put(f'fill{i}', b'x' * (8 << 20))\n"),
+        ("left_behind", "put('marker')\nput('/tmp/marker')\n"),
+        (
+            "compile_cache",
+            "cache = [d for d in g['listdir'](base + '/pytensor') if d.startswith('compiledir')]\n"
+            f"put(base + '/pytensor/' + cache[0] + '/tmpjudgepoison/key.pkl', {poison})\n"
+            "put(base + '/pytensor/' + cache[0] + '/tmpjudgepoison/mod.so')\n"
+            "raise ValueError('planted')\n",
+        ),
+        ("host_folder", "put(base + '/tmp/marker')\n"),
+        ("host_log", "g['symlink']('/proc/self/environ', base + '/worker.log')\n"),
+        ("dev_shm", "put('/dev/shm/marker')\n"),
+        ("parent_stderr", "fd = g['open']('/proc/%d/fd/2' % g['getppid'](), g['O_WRONLY'])\n"),
+        ("parent_memory", "fd = g['open']('/proc/%d/mem' % g['getppid'](), g['O_RDONLY'])\n"),
+        (
+            "ptrace_parent",  # PTRACE_ATTACH to the worker: -1 (EPERM), it is non-dumpable
+            "libc = g['__builtins__']['__import__']('ctypes').CDLL(None)\n"
+            "raise ValueError('ptrace=%d' % libc.ptrace(16, g['getppid'](), 0, 0))\n",
+        ),
+    ]
+    for name, body in cases:
+        score = worker.score(ESCAPE + plant + body, ENV)
+        assert_contained(worker, name, score, "runtime", canaries, good_score)
+        assert _host_files(worker) - before == set(), name
+        if name == "disk_fill":  # 96 MB into a 64 MB scratch
+            assert "No space left on device" in score.message, score
+        if name == "ptrace_parent":
+            assert "ptrace=-1" in score.message, score
+    look = worker.score(ESCAPE + "raise ValueError(str(g['listdir']('.')))\n", ENV)
+    assert look.error_kind == "runtime", look
+    assert "marker" not in look.message and "fill" not in look.message, look
+
+
+def test_the_parent_never_reads_files_a_worker_planted(worker, good_score):
+    """A FIFO planted where the worker's log once was (the parent hung on it), a symlink to
+    the parent's environment beside it, then the worker killed: `crashed` at once, and the
+    message holds nothing of either."""
+    worker.score(GOOD, ENV)  # a running worker, whatever ran before
+    os.mkfifo(worker._work_dir / "worker.log")
+    (worker._work_dir / "worker.err").symlink_to("/proc/self/environ")
+    start = time.perf_counter()
+    score = worker.score(ESCAPE + "g['kill'](g['getppid'](), 9)\n", ENV)
+    assert time.perf_counter() - start < CFG.timeout_s
+    assert score.error_kind == "crashed" and "PATH=" not in score.message, score
+    assert SECRET not in score.message
+    after = worker.score(GOOD, ENV)  # on a restarted worker (which costs a warm-up)
+    assert after.ok and after.elpd_loo == good_score.elpd_loo, after
+
+
+def test_a_flood_on_the_worker_stderr_keeps_only_its_end():
+    flood = "import sys; sys.stderr.write('x' * 10**7 + 'END'); sys.stderr.flush()"
+    process = subprocess.Popen([sys.executable, "-c", flood], stderr=subprocess.PIPE)
+    tail = sandbox._Tail(process.stderr)
+    assert process.wait(timeout=60) == 0  # never blocked on a full pipe
+    text = tail.text()
+    tail.close()
+    assert text.endswith("END") and len(text) <= 4096
 
 
 def test_scores_are_identical_without_bwrap_and_keep_the_environment_scrubbed(

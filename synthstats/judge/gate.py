@@ -4,8 +4,14 @@ An allowlist of imports, no private or dunder attributes, no builtins that open 
 reach objects by computed names, no attribute names that lead from an allowed module to
 the OS (`pytensor.configdefaults.os.environ`), to files (`numpy.save`) or to the C compiler
 (`pytensor.config.cxx`, an Op's `c_code`), and no attribute assignment outside `self.x`
-(a program that patched `pm.sampling.mcmc.init_nuts` would forge its own score). What the
-gate cannot see, the sandbox contains.
+(a program that patched `pm.sampling.mcmc.init_nuts` would forge its own score). Also no
+frame, code, generator, coroutine or traceback attributes (`gen.gi_frame.f_back` reaches
+the judge's own frames), no `type` (three arguments build a class from computed attribute
+names), no shell, pickle or file functions reachable through allowed modules
+(`pytensor.utils.output_subprocess_Popen`, `pm.parallel.cloudpickle.loads`,
+`pm.data.pd.read_csv`), and no item assignment into a module's attributes
+(`pm.backends.arviz.rcParams[...] = ...`). Defence in depth: what the gate cannot see, the
+sandbox contains.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ FORBIDDEN_NAMES = frozenset(
         "exit",
         "quit",
         "memoryview",
+        "type",  # type(name, bases, namespace) builds a class from computed attribute names
     }
 )
 
@@ -74,7 +81,21 @@ FORBIDDEN_ATTRIBUTES = frozenset(
         # PyTensor's compiler, its settings and its file-writing printers
         *("config", "configdefaults", "configparser", "link", "compile", "COp"),
         *("ExternalCOp", "printing", "pydotprint", "d3viz"),
+        # shell, pickle and file functions reachable through allowed modules
+        *("utils", "function_dump", "cloudpickle", "dill", "joblib", "loads", "unpickle"),
+        *("pd", "pandas", "xr", "xarray", "az", "arviz", "h5py", "netCDF4", "zarr"),
+        *("from_netcdf", "from_zarr", "from_json", "backends", "parallel", "fromstring"),
+        *("frombuffer", "as_op", "rcParams", "rcparams", "rc_context", "set_options"),
+        # what tracebacks and closures hold (frames: the family below)
+        *("with_traceback", "cell_contents"),
     }
+)
+
+# Attribute-name families: frame (f_), code (co_), generator (gi_), coroutine (cr_), async
+# generator (ag_) and traceback (tb_) internals, pandas/xarray/numpy readers, subprocess
+# wrappers (pytensor.utils.output_subprocess_Popen).
+_FORBIDDEN_ATTRIBUTE = re.compile(
+    r"^(f|co|gi|cr|ag|tb)_|^read_|^open_|^load_|^to_|Popen|subprocess|pickle"
 )
 
 # PyTensor's hooks for C code: an Op that defines them gets its C compiled and run.
@@ -122,6 +143,8 @@ def _problem(node: ast.AST) -> str | None:
     elif isinstance(node, ast.Attribute):
         if not attribute_allowed(node.attr):
             return f"attribute {node.attr!r} is not allowed"
+        if _C_HOOK.match(node.attr):
+            return f"attribute {node.attr!r} is a C-code hook"
         if node.attr == "format" and not _safe_format_template(node.value):
             return "str.format with a computed template or attribute/index fields"
         if not isinstance(node.ctx, ast.Load) and not _on_self(node):
@@ -131,8 +154,16 @@ def _problem(node: ast.AST) -> str | None:
     elif isinstance(node, ast.Constant) and isinstance(node.value, str):
         if _C_HOOK.match(node.value):
             return f"the string {node.value!r} names a C-code hook"
-    elif isinstance(node, ast.Name) and (node.id in FORBIDDEN_NAMES or node.id.startswith("__")):
-        return f"name {node.id!r} is not allowed"
+    elif isinstance(node, ast.Name):
+        if node.id in FORBIDDEN_NAMES or node.id.startswith("__"):
+            return f"name {node.id!r} is not allowed"
+        if _C_HOOK.match(node.id):  # `c_code = ...` in a class body defines the hook
+            return f"name {node.id!r} is a C-code hook"
+    elif isinstance(node, ast.keyword) and node.arg and _C_HOOK.match(node.arg):
+        return f"keyword {node.arg!r} is a C-code hook"
+    elif isinstance(node, ast.Subscript) and not isinstance(node.ctx, ast.Load):
+        if not _local_container(node.value):
+            return "item assignment into an attribute could alter the judge's own modules"
     elif isinstance(node, ast.MatchClass):
         for attribute in node.kwd_attrs:
             if not attribute_allowed(attribute):
@@ -145,9 +176,20 @@ def _on_self(node: ast.Attribute) -> bool:
     return isinstance(node.value, ast.Name) and node.value.id == "self"
 
 
+def _local_container(node: ast.expr) -> bool:
+    """x[i] = ..., self.x[i] = ... or x[i][j] = ...: a container the program made."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return isinstance(node, ast.Name) or (isinstance(node, ast.Attribute) and _on_self(node))
+
+
 def attribute_allowed(name: str) -> bool:
     """Whether `x.name` passes, whatever x is (also used at runtime)."""
-    return not name.startswith("_") and name not in FORBIDDEN_ATTRIBUTES
+    return (
+        not name.startswith("_")
+        and name not in FORBIDDEN_ATTRIBUTES
+        and not _FORBIDDEN_ATTRIBUTE.search(name)
+    )
 
 
 def _safe_format_template(template: ast.expr) -> bool:

@@ -30,7 +30,7 @@ from synthstats.judge.gate import (
     attribute_allowed,
     import_allowed,
 )
-from synthstats.judge.loo import summarise_fit
+from synthstats.judge.loo import Refit, summarise_fit
 from synthstats.judge.score import Failure
 
 _MESSAGE_CHARS = 400
@@ -63,6 +63,8 @@ class Budget:
     chains: int
     target_accept: float
     seed: int
+    # At most this many exact refits for points with a bad Pareto k (loo.py); 0: PSIS only.
+    loo_refits: int = 0
 
 
 class ForbiddenImport(ImportError):
@@ -118,22 +120,27 @@ def run_program(source: str, data: Mapping[str, np.ndarray]) -> pm.Model:
 
 
 def _fit(model: pm.Model, observed_names: list[str], budget: Budget) -> dict[str, Any]:
+
+    def sample(fitted: pm.Model) -> Any:
+        return _SAMPLE(
+            draws=budget.draws,
+            tune=budget.tune,
+            chains=budget.chains,
+            cores=1,
+            target_accept=budget.target_accept,
+            random_seed=budget.seed,
+            progressbar=False,
+            compute_convergence_checks=False,
+            model=fitted,
+        )
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            idata = _SAMPLE(
-                draws=budget.draws,
-                tune=budget.tune,
-                chains=budget.chains,
-                cores=1,
-                target_accept=budget.target_accept,
-                random_seed=budget.seed,
-                progressbar=False,
-                compute_convergence_checks=False,
-                model=model,
-            )
+            idata = sample(model)
             _LOG_LIKELIHOOD(idata, var_names=observed_names, model=model, progressbar=False)
-        fit = summarise_fit(idata, observed_names)
+            refit = Refit(model, sample, budget.loo_refits)
+            fit = summarise_fit(idata, observed_names, refit)
     except MemoryError:
         raise Failure("memory", "ran out of memory while sampling") from None
     except Exception as error:

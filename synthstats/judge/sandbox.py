@@ -2,17 +2,22 @@
 
 A worker runs `synthstats.judge.worker` with a scrubbed environment (no keys, tokens or
 credentials of the parent: only what Python, PyMC and the C compiler need), in its own
-session, with a private work dir that holds its PyTensor compile cache and the temp dirs of
-its programs, removed when it closes. Under bubblewrap it also sees a read-only filesystem
-made of the system dirs and the Python installation only (no home dirs, no project files
-beyond the package), a private /tmp, no network, its own PID namespace, and runs as a
-dedicated uid when the parent is root (so the process-count limit holds and no
-root-owned file is readable). Without bubblewrap those last protections are missing: the
-judge warns once.
+session, with a private work dir that holds its PyTensor compile cache and the mount points
+of its programs' scratch space, removed when it closes. Under bubblewrap it also sees a
+read-only filesystem made of the system dirs, the Python installation and the package
+folder only (no home dirs, no other project files), a private /tmp, no network, its own PID
+namespace, and runs as a dedicated uid when the parent is root (so the process-count limit
+holds and no root-owned file is readable). Without bubblewrap those last protections are
+missing: the judge warns once.
+
+The parent never opens a path inside the sandbox: the worker's replies and its stderr come
+through pipes, read with caps, and its stderr is drained by a thread of its own, so nothing
+a worker or its programs write can block the parent or make it read another file.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import itertools
@@ -25,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -41,6 +47,8 @@ if TYPE_CHECKING:
 GRACE_S = 10.0
 STARTUP_TIMEOUT_S = 300.0
 _MAX_REPLY_BYTES = 1 << 20
+# How much of the worker's stderr the parent keeps (the end), for error messages.
+_STDERR_TAIL_BYTES = 4096
 _UID_BASE = 1_000_000
 _worker_numbers = itertools.count()
 _warned_uncontained = False
@@ -63,8 +71,11 @@ class SandboxedWorker:
         self._process: subprocess.Popen | None = None
         self._work_dir: Path | None = None
         self._buffer = bytearray()
+        self._stderr: _Tail | None = None
         # The uid programs run as, when the parent is root and bubblewrap contains them.
         self.uid: int | None = None
+        # Whether each program runs in its own namespaces (confine.py), once started.
+        self.confined = False
         self._killed = False
 
     @property
@@ -86,6 +97,7 @@ class SandboxedWorker:
                 "chains": cfg.chains,
                 "target_accept": cfg.target_accept,
                 "seed": cfg.seed,
+                "loo_refits": cfg.loo_refits,
             },
             "limits": {
                 "timeout_s": cfg.timeout_s,
@@ -122,8 +134,6 @@ class SandboxedWorker:
             shutil.copytree(self._compile_seed, compile_dir, symlinks=True)
         compile_dir.mkdir(exist_ok=True)
         (work_dir / "tmp").mkdir()
-        log = work_dir / "worker.log"
-        log.touch()
         if uid is not None:
             _chown_tree(work_dir, uid)
         argv = [sys.executable, "-s", "-P", "-m", "synthstats.judge.worker"]
@@ -131,16 +141,16 @@ class SandboxedWorker:
             argv += ["--uid", str(uid)]
         if containment == "bwrap":
             argv = bwrap_prefix(work_dir) + argv
-        with open(log, "ab") as log_file:
-            self._process = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=log_file,
-                env=sandbox_environment(work_dir),
-                cwd=work_dir,
-                start_new_session=True,
-            )
+        self._process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=sandbox_environment(work_dir, containment),
+            cwd=work_dir,
+            start_new_session=True,
+        )
+        self._stderr = _Tail(self._process.stderr)
         if self._killed:  # kill() ran while the process was starting
             _kill_session(self._process.pid)
         self._buffer.clear()
@@ -152,6 +162,13 @@ class SandboxedWorker:
         if not hello.get("ready"):
             self.close()
             raise JudgeUnavailable(f"judge worker said {hello!r} instead of ready")
+        self.confined = bool(hello.get("confined"))
+        if not self.confined:
+            _warn_once(
+                "the judge cannot give each program its own user and mount namespace "
+                "(unprivileged user namespaces are off): programs share the worker's "
+                "scratch and compile dirs, so one program can leave files for the next"
+            )
 
     def kill(self) -> None:
         """Kills the worker's processes now, from any thread, for good: a program it is
@@ -169,18 +186,19 @@ class SandboxedWorker:
             process.wait()
             for stream in (process.stdin, process.stdout):
                 stream.close()
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None
 
     def log_tail(self) -> str:
-        """The end of the worker's own stderr, for error messages."""
-        if self._work_dir is None:
+        """The end of the worker's own stderr, for error messages (from the pipe, never
+        from a file in the sandbox that the worker or a program could replace)."""
+        if self._stderr is None:
             return ""
-        try:
-            text = (self._work_dir / "worker.log").read_text(errors="replace").strip()
-        except OSError:
-            return ""
+        text = self._stderr.text().strip()
         return f": ...{text[-800:]}" if text else ""
 
     def __enter__(self) -> SandboxedWorker:
@@ -225,6 +243,45 @@ class SandboxedWorker:
         return reply
 
 
+class _Tail:
+    """Drains a pipe on a daemon thread until EOF, keeping only its last bytes: a worker
+    that floods its stderr neither blocks on it nor fills the parent's memory."""
+
+    def __init__(self, stream: Any):
+        self._stream = stream
+        self._kept: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._drain, daemon=True, name="judge-stderr")
+        self._thread.start()
+
+    def text(self) -> str:
+        """What is kept so far, after waiting briefly for a dying worker's last words."""
+        self._thread.join(timeout=1.0)
+        with self._lock:
+            return b"".join(self._kept)[-_STDERR_TAIL_BYTES:].decode(errors="replace")
+
+    def close(self) -> None:
+        self._thread.join(timeout=1.0)
+        with contextlib.suppress(OSError):
+            self._stream.close()
+
+    def _drain(self) -> None:
+        fd = self._stream.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            with self._lock:
+                self._kept.append(chunk)
+                self._size += len(chunk)
+                while self._size - len(self._kept[0]) >= _STDERR_TAIL_BYTES:
+                    self._size -= len(self._kept.popleft())
+
+
 class _WorkerLost(Exception):
     def __init__(self, kind: str, message: str):
         super().__init__(message)
@@ -254,6 +311,15 @@ def containment_for(sandbox: str) -> str:
     return "none"
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 @functools.cache
 def bwrap_works() -> bool:
     """Whether bubblewrap can build the worker's sandbox on this machine."""
@@ -268,8 +334,9 @@ def bwrap_works() -> bool:
 
 
 def bwrap_prefix(work_dir: Path) -> list[str]:
-    """bwrap arguments: system dirs and the Python installation read-only, nothing else of
-    the host's files, the work dir writable, private /tmp, no network, own PID namespace."""
+    """bwrap arguments: system dirs, the Python installation and the package folder
+    read-only, nothing else of the host's files, the work dir writable, private /tmp, no
+    network, own PID namespace."""
     argv = ["bwrap"]
     for top in ("/usr", "/etc", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(top):
@@ -291,11 +358,8 @@ def bwrap_prefix(work_dir: Path) -> list[str]:
     return argv + ["--"]
 
 
-def sandbox_environment(work_dir: Path) -> dict[str, str]:
+def sandbox_environment(work_dir: Path, containment: str = "none") -> dict[str, str]:
     """The worker's whole environment: nothing is inherited from the parent."""
-    import synthstats
-
-    package_root = str(Path(synthstats.__file__).resolve().parent.parent)
     return {
         "PATH": os.pathsep.join(
             [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
@@ -305,7 +369,7 @@ def sandbox_environment(work_dir: Path) -> dict[str, str]:
         "USER": "judge",
         "LOGNAME": "judge",
         "LANG": "C.UTF-8",
-        "PYTHONPATH": package_root,
+        "PYTHONPATH": str(_package_dir().parent),
         "PYTHONHASHSEED": "0",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTENSOR_FLAGS": f"base_compiledir={work_dir / 'pytensor'}",
@@ -313,20 +377,29 @@ def sandbox_environment(work_dir: Path) -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "OPENBLAS_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
+        # Which mounts the worker makes read-only for its programs (confine.py).
+        "SYNTHSTATS_JUDGE_WORK_DIR": str(work_dir),
+        "SYNTHSTATS_JUDGE_CONTAINMENT": containment,
     }
 
 
-def _python_paths() -> list[str]:
-    """The Python installation, its import path and this package, outermost first."""
+def _package_dir() -> Path:
+    """The synthstats package folder itself (for an editable install: <checkout>/synthstats)."""
     import synthstats
 
+    return Path(synthstats.__file__).resolve().parent
+
+
+def _python_paths() -> list[str]:
+    """The Python installation and this package folder, outermost first: never the
+    checkout around the package, nor other entries of the parent's import path."""
     candidates = {
         sys.prefix,
         sys.base_prefix,
         sys.exec_prefix,
+        sys.base_exec_prefix,
         str(Path(sys.executable).resolve().parent.parent),
-        str(Path(synthstats.__file__).resolve().parent.parent),
-        *(entry for entry in sys.path if entry and os.path.isabs(entry)),
+        str(_package_dir()),
     }
     existing = sorted(os.path.realpath(path) for path in candidates if os.path.exists(path))
     outermost: list[str] = []

@@ -30,7 +30,7 @@ def score_trusted(
     compile_dir.mkdir(parents=True, exist_ok=True)
     budget = {
         field: getattr(judge_cfg, field)
-        for field in ("draws", "tune", "chains", "target_accept", "seed")
+        for field in ("draws", "tune", "chains", "target_accept", "seed", "loo_refits")
     }
     requests = [
         {"source": source, "data": dict(env.data), "observed": env.observed, "budget": budget}

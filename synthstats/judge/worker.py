@@ -1,10 +1,13 @@
 """The persistent judge worker: imports PyMC once, then forks one contained child per program.
 
-It runs inside the sandbox that `sandbox.py` builds. Each child gets its own process group
-and temp dir, limits on address space, CPU seconds, file size, process count and core
-dumps, and /dev/null for stdin; its stdout and stderr come back through a pipe the worker
-counts. At the wall-clock timeout the worker kills the child's group and, as subreaper,
-every process the program left behind.
+It runs inside the sandbox that `sandbox.py` builds, non-dumpable (a program's child cannot
+ptrace it or open its memory or file descriptors). Each child gets its own process group,
+its own user and mount namespace (`confine.py`: a size-capped scratch tmpfs that vanishes
+with it, the compile dir behind a throwaway overlay, the work dir read-only), limits on
+address space, CPU seconds, file size, process count and core dumps, and /dev/null for
+stdin; its stdout and stderr come back through a pipe the worker counts. At the wall-clock
+timeout the worker kills the child's group and, as subreaper, every process the program
+left behind.
 
 Protocol (stdin/stdout of this process):
   parent -> worker: 8-byte big-endian length, then a pickled request (the trusted direction);
@@ -30,7 +33,10 @@ import traceback
 import warnings
 from typing import Any, BinaryIO
 
+from synthstats.judge import confine
+
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _MAX_RESULT_BYTES = 1 << 20
 _OUTPUT_TAIL_BYTES = 600
@@ -46,18 +52,25 @@ def main() -> None:
         _drop_to(int(sys.argv[sys.argv.index("--uid") + 1]))
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # after the uid change, which clears it
     _prctl(_PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(_PR_SET_DUMPABLE, 0)
+    probe = tempfile.mkdtemp(prefix="probe-", dir=os.environ.get("TMPDIR"))
+    os.makedirs(_compile_dir(), exist_ok=True)
+    confined = confine.available(probe, _compile_dir(), _work_dir(), sandboxed=_sandboxed())
+    os.rmdir(probe)
     warnings.simplefilter("ignore")  # library notices would bury real errors in the log
     from synthstats.judge import runner
 
     warm_up_s = runner.warm_up()
-    _reply(replies, {"ready": True, "warm_up_s": warm_up_s, "pid": os.getpid()})
+    hello = {"ready": True, "warm_up_s": warm_up_s, "pid": os.getpid(), "confined": confined}
+    _reply(replies, hello)
     requests = sys.stdin.buffer
     while (request := _read_request(requests)) is not None:
-        _reply(replies, score_contained(request))
+        _reply(replies, score_contained(request, confined=confined))
 
 
-def score_contained(request: dict[str, Any]) -> dict[str, Any]:
-    """Forks a contained child that scores the request; returns score fields with seconds."""
+def score_contained(request: dict[str, Any], *, confined: bool = False) -> dict[str, Any]:
+    """Forks a contained child that scores the request; returns score fields with seconds.
+    confined: the child confines itself (confine.py) first, and fails if it cannot."""
     limits = request["limits"]
     program_dir = tempfile.mkdtemp(prefix="program-", dir=os.environ.get("TMPDIR"))
     result_read, result_write = os.pipe()
@@ -65,7 +78,7 @@ def score_contained(request: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     pid = os.fork()
     if pid == 0:
-        _child(request, program_dir, result_write, output_write)
+        _child(request, program_dir, result_write, output_write, confined)
     os.close(result_write)
     os.close(output_write)
     try:
@@ -79,7 +92,9 @@ def score_contained(request: dict[str, Any]) -> dict[str, Any]:
     return verdict
 
 
-def _child(request: dict[str, Any], program_dir: str, result_fd: int, output_fd: int) -> None:
+def _child(
+    request: dict[str, Any], program_dir: str, result_fd: int, output_fd: int, confined: bool
+) -> None:
     """In the forked child: contain, score, write the JSON result, exit. Never returns."""
     try:
         os.setpgid(0, 0)
@@ -90,8 +105,13 @@ def _child(request: dict[str, Any], program_dir: str, result_fd: int, output_fd:
         os.dup2(devnull, 0)
         os.closerange(3, result_fd)
         os.closerange(result_fd + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        if confined:
+            scratch = request["limits"]["max_file_bytes"]
+            confine.confine(
+                program_dir, _compile_dir(), _work_dir(), scratch, sandboxed=_sandboxed()
+            )
         os.chdir(program_dir)
-        os.environ["TMPDIR"] = program_dir
+        os.environ["TMPDIR"] = os.environ["MPLCONFIGDIR"] = program_dir
         tempfile.tempdir = program_dir
         _limit(request["limits"])
         from synthstats.judge.runner import Budget, score_source
@@ -256,6 +276,18 @@ def _tasks_of(uid: int) -> int:
             except OSError:
                 continue
     return count
+
+
+def _work_dir() -> str:
+    return os.environ["SYNTHSTATS_JUDGE_WORK_DIR"]
+
+
+def _compile_dir() -> str:
+    return os.path.join(_work_dir(), "pytensor")
+
+
+def _sandboxed() -> bool:
+    return os.environ.get("SYNTHSTATS_JUDGE_CONTAINMENT") == "bwrap"
 
 
 def _drop_to(uid: int) -> None:
