@@ -120,7 +120,8 @@ def assert_contained(worker, name, score, kind, canaries, good_score):
         assert not written, f"{name} wrote {canary}"
     start = time.perf_counter()
     after = worker.score(GOOD, ENV)
-    assert time.perf_counter() - start < CFG.timeout_s + 10, name
+    # Not hung: the bound leaves room for a worker restart's warm-up on a loaded machine.
+    assert time.perf_counter() - start < CFG.timeout_s + 60, name
     assert after.ok and after.elpd_loo == good_score.elpd_loo, (name, after)
     if worker.uid is not None:  # nothing of the program's is left running
         assert _processes_of(worker.uid) == 1, name
