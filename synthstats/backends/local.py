@@ -23,7 +23,8 @@ writes its own optimizer shard):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -34,7 +35,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthstats.backends.base import Rollout, TrainBatch
 from synthstats.backends.distributed import Distributed
-from synthstats.backends.policy_module import PolicyWithFlows, objective_loss, pack_trajectories
+from synthstats.backends.policy_module import (
+    PolicyWithFlows,
+    TrajectoryScores,
+    objective_loss,
+    pack_trajectories,
+)
 from synthstats.backends.sampling import sample_completions
 from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
 from synthstats.objectives import (
@@ -81,6 +87,7 @@ class LocalBackend:
         self.device = device or self.distributed.device
         self.policy = policy
         self.max_grad_norm = train.max_grad_norm
+        self.failure_weight = objective.failure_weight
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.vocab_size = len(self.tokenizer)
         base = AutoModelForCausalLM.from_pretrained(
@@ -171,17 +178,17 @@ class LocalBackend:
                 "this objective needs a flow estimator, but the backend was built for "
                 "objective.loss=tb; build it from the same objective config"
             )
-        self.wrapped.train()
-        inputs = pack_trajectories(
-            batch.prompt_keys,
-            batch.prompt_ids,
-            batch.completion_ids,
-            pad_id=self.tokenizer.pad_token_id,
-            device=self.device,
-        )
-        scores = self.wrapped(inputs)
+        scores = self.loss_scores(batch.prompt_keys, batch.prompt_ids, batch.completion_ids)
         log_reward = batch.log_reward.to(self.device, torch.float32)
-        loss, log_z = objective_loss(objective, scores, log_reward, batch.prompt_keys)
+        loss, log_z = objective_loss(
+            objective,
+            scores,
+            log_reward,
+            batch.prompt_keys,
+            failed=batch.failed,
+            on_policy=batch.on_policy,
+            failure_weight=self.failure_weight,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.distributed.backward(loss)
         metrics = self.distributed.clip_gradients(self.optimizer, self.max_grad_norm)
@@ -194,6 +201,46 @@ class LocalBackend:
             tokens=float(scores.mask.sum()),
         )
         return metrics
+
+    def supervised_step(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> float:
+        """One step of plain likelihood on these completions (the supervised phase); returns
+        the mean per-token negative log-likelihood before the step."""
+        keys = [""] * len(prompt_ids)
+        with _without_log_z_and_flow(self.module):
+            scores = self.loss_scores(keys, prompt_ids, completion_ids)
+        loss = -torch.where(scores.mask, scores.log_pf, 0.0).sum() / scores.mask.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.distributed.backward(loss)
+        self.distributed.clip_gradients(self.optimizer, self.max_grad_norm)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def loss_scores(
+        self,
+        prompt_keys: Sequence[str],
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+    ) -> TrajectoryScores:
+        """log P_F (with gradient), log F and log Z exactly as the loss reads them.
+
+        Train mode, but with every dropout module off (LoRA's lora_dropout included): the
+        loss must fit the sampler's own log-probabilities, not their average over dropout
+        masks, or the fixed point is not the sampler's distribution.
+        """
+        self.wrapped.train()
+        for module in self.module.modules():
+            if isinstance(module, nn.Dropout):
+                module.eval()
+        inputs = pack_trajectories(
+            prompt_keys,
+            prompt_ids,
+            completion_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        return self.wrapped(inputs)
 
     def _pack_for_scoring(
         self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
@@ -329,6 +376,17 @@ def _stop_ids(tokenizer, eos: int | list[int] | None) -> list[int]:
     """The tokenizer's end-of-turn token plus the model's generation_config eos ids."""
     extra = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     return sorted({tokenizer.eos_token_id, *extra})
+
+
+@contextmanager
+def _without_log_z_and_flow(module: PolicyWithFlows) -> Iterator[None]:
+    """Score without reading log Z or flows (the supervised phase needs neither)."""
+    log_z, flow = module.log_z, module.flow
+    module.log_z, module.flow = None, None
+    try:
+        yield
+    finally:
+        module.log_z, module.flow = log_z, flow
 
 
 def _load_or_check_absent(module: nn.Module | None, state: dict | None, what: str) -> None:
