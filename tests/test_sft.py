@@ -339,7 +339,8 @@ def test_supervised_phase_lowers_the_demonstrations_nll(tmp_path):
             logged.append(dict(metrics))
 
     prompt = local.render_prompt(env.render_prompt())
-    losses = supervised_phase(config, local, items, prompt, Recorder(), show_progress=False)
+    completions = [item.completion_ids for item in items]
+    losses = supervised_phase(config, local, completions, prompt, Recorder(), show_progress=False)
     assert len(losses) == 6 and losses[-1] < losses[0]
     assert [row["nll_loss"] for row in logged] == losses
     assert all(row["phase"] == "sft" for row in logged)

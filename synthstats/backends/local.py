@@ -82,7 +82,11 @@ class LocalBackend:
         seed: int = 0,
         device: torch.device | None = None,
         distributed: Distributed | None = None,
+        train_base: bool = False,
     ) -> None:
+        """`train_base` trains every weight of the model too, not only LoRA (the LM-path
+        exact check: a tiny random model's LoRA alone cannot move its logits far enough)."""
+        self.train_base = train_base
         self.distributed = distributed or Distributed.from_environment()
         self.device = device or self.distributed.device
         self.policy = policy
@@ -101,6 +105,9 @@ class LocalBackend:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             peft_model, log_z, flow = _trainable_parts(base, policy, objective, prompt_keys)
+        if train_base:
+            for param in base.parameters():
+                param.requires_grad_(True)
         self.module = PolicyWithFlows(
             peft_model, vocab_size=self.vocab_size, log_z=log_z, flow=flow
         ).to(self.device)
@@ -292,6 +299,8 @@ class LocalBackend:
         if self.distributed.is_main:
             self.module.lm.save_pretrained(directory / ADAPTER_DIR, state_dict=adapter)
             state = {"log_z": log_z, "flow": flow, "sampling_rng": sampling_rngs}
+            if self.train_base:
+                state["base"] = {k: v.detach().cpu() for k, v in adapter.items()}
             if not sharded:
                 state["optimizer"] = self.optimizer.state_dict()
             torch.save(state, directory / STATE_FILE)
@@ -325,6 +334,8 @@ class LocalBackend:
                 f"{directory} was written under DeepSpeed (sharded optimizer state); resume it "
                 "under the accelerate config that wrote it"
             )
+        if self.train_base:
+            self.module.lm.load_state_dict(state["base"], strict=False)
         weights = load_peft_weights(str(directory / ADAPTER_DIR), device=str(self.device))
         result = set_peft_model_state_dict(self.module.lm, weights)
         missing = [key for key in result.missing_keys if "lora_" in key]

@@ -79,7 +79,7 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
                 supervised_phase(
                     config,
                     backend,
-                    demonstrations,
+                    [item.completion_ids for item in demonstrations],
                     trainer.prompt_ids,
                     metrics,
                     show_progress=show_progress and distributed.is_main,

@@ -254,15 +254,15 @@ def _canonical_ids(
 def supervised_phase(
     config: Config,
     backend: Any,
-    items: Sequence[ReplayItem],
+    completions: Sequence[Sequence[int]],
     prompt_ids: Sequence[int],
     metrics: MetricsLogger | None,
     *,
     show_progress: bool = True,
 ) -> list[float]:
-    """sft_warmstart.nll_steps steps of plain likelihood on the demonstrations' canonical
-    completions (batches of runner.train.batch_size, drawn in a seeded shuffled order);
-    returns the loss of each step. Needs a backend with `supervised_step`."""
+    """sft_warmstart.nll_steps steps of plain likelihood on these completion ids (the
+    demonstrations' canonical completions), in batches of runner.train.batch_size drawn in
+    a seeded shuffled order; returns each step's loss. Needs a backend's `supervised_step`."""
     steps = config.sft_warmstart.nll_steps
     if steps == 0:
         return []
@@ -271,7 +271,7 @@ def supervised_phase(
             f"sft_warmstart.nll_steps={steps}: the {type(backend).__name__} has no supervised "
             "phase; set sft_warmstart.nll_steps=0"
         )
-    rows = [item.completion_ids for item in items]
+    rows = list(completions)
     size = min(config.runner.train.batch_size, len(rows))
     rng = np.random.default_rng(config.seed)
     order: list[int] = []
