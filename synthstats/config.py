@@ -250,6 +250,15 @@ class Config:
         for key in ("steps", "batch_size", "checkpoint_every"):
             if getattr(train, key) < 1:
                 raise ConfigError(f"runner.train.{key} must be >= 1, got {getattr(train, key)}")
+        if self.objective.failure_weight < 0:
+            raise ConfigError(
+                f"objective.failure_weight must be >= 0, got {self.objective.failure_weight}: "
+                "a negative weight would push failure mass up"
+            )
+        if self.sft_warmstart.nll_steps < 0:
+            raise ConfigError(
+                f"sft_warmstart.nll_steps must be >= 0, got {self.sft_warmstart.nll_steps}"
+            )
         reward = self.objective.reward
         if reward.temperature <= 0:
             raise ConfigError(f"objective.reward.temperature must be > 0, got {reward.temperature}")
