@@ -108,9 +108,12 @@ class RewardConfig:
     final_temperature: float | None = None
     anneal_steps: int = 0
     schedule: Literal["constant", "linear", "geometric"] = "constant"
-    # Clamp bounds of log R, in temperature units.
+    # Clamp bounds of log R, in temperature units. The zero point is the env's reference
+    # ELPD; high leaves every shipped space program below it at T=1 (the best, on
+    # peregrines, is 26.7 nats above its reference), so the clamp never flattens the
+    # programs a user cares about. The share cut at either bound is logged (clamped_*).
     low: float = -20.0
-    high: float = 10.0
+    high: float = 50.0
     # log R of a program that failed to score; just below `low`.
     failure_log_reward: float = -25.0
 
@@ -133,6 +136,9 @@ class ObjectiveConfig:
     flow_estimator: Literal["hidden_head", "prefix_net"] = "prefix_net"
     # Huber threshold on residuals; None uses the plain square.
     huber_delta: float | None = None
+    # Weight of the on-policy term that drives failure mass down (its gradient estimates
+    # grad p(fail)); failed samples never enter the balance loss. 0 leaves p(valid) free.
+    failure_weight: float = 1.0
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
@@ -249,6 +255,9 @@ class SftWarmstartConfig:
     skip_invalid: bool = False
     # ELPD used for a line without one when compute_rewards is false.
     default_elpd: float | None = None
+    # Steps of plain likelihood (NLL) on the demonstrations before the GFlowNet phase, for
+    # a policy that cannot yet write a program; 0 skips the supervised phase.
+    nll_steps: int = 0
 
 
 @dataclass
@@ -308,6 +317,7 @@ def problems(config: Config) -> list[str]:
         0,
         *("judge.tune", "judge.workers", "objective.reward.anneal_steps"),
         *("logging.programs_every", "policy.max_retries", "runner.train.max_reloads"),
+        *("objective.failure_weight", "sft_warmstart.nll_steps"),
     )
     found += _positive(
         config,

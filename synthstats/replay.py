@@ -10,7 +10,8 @@ never leaves stale values behind.
 Policies, in one place:
 - De-duplication: one item per program hash. The first item for a program is kept and
   later ones are refused; the same program scores the same, so nothing is lost but a
-  second spelling of it.
+  second spelling of it. One exception: a judged item replaces an unjudged one (a
+  demonstration's ELPD from its file), so a file's number never outlives the judge's.
 - Eviction: when over capacity, the items with the lowest log R go first, the oldest
   (smallest `step_added`, then earliest insertion) first among equals. The reward
   transform is monotone in (elpd - reference) / T per env, so this order does not depend
@@ -58,6 +59,9 @@ class ReplayItem:
     error_kind: str | None
     step_added: int
     source: Source
+    # False for a demonstration's ELPD taken from its file (compute_rewards=false): a judged
+    # score of the same program replaces it in the buffer.
+    judged: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "completion_ids", tuple(int(i) for i in self.completion_ids))
@@ -96,7 +100,8 @@ class ReplayBuffer:
         """
         inserted = []
         for item in items:
-            if item.program_hash not in self._items:
+            stored = self._items.get(item.program_hash)
+            if stored is None or (item.judged and not stored.judged):
                 self._items[item.program_hash] = item
                 inserted.append(item)
         self._evict(log_reward)

@@ -386,3 +386,45 @@ def test_build_backend_refuses_what_it_cannot_build():
         build_backend(mock_config(policy__kind="tinker"))
     with pytest.raises(ValueError, match="model_name"):
         build_backend(mock_config(policy__kind="hf", policy__model_name=""))
+
+
+def test_the_loss_reads_the_samplers_log_pf_at_the_default_lora_dropout():
+    """With lora_dropout at its default 0.05, the train-mode log P_F the loss uses equals,
+    token for token, the log-probability the sampler drew each id with."""
+    config = Config()
+    config.policy.max_new_tokens = 6
+    assert config.policy.lora_dropout == 0.05
+    local = build_backend(config)
+    perturb_adapter(local)
+    prompt = local.render_prompt(MESSAGES)
+    local.module.eval()
+    drawn = sample_completions(
+        local.module.lm,
+        prompt,
+        torch.ones(3),
+        max_new_tokens=6,
+        stop_ids=local.stop_ids,
+        vocab_size=local.vocab_size,
+        generator=torch.Generator().manual_seed(3),
+    )
+    completions = [row.completion_ids for row in drawn]
+    scores = local.loss_scores(["dugongs"] * 3, [prompt] * 3, completions)
+    assert scores.log_pf.requires_grad and local.module.training
+    for row, sampled in enumerate(drawn):
+        torch.testing.assert_close(
+            scores.log_pf[row, : len(sampled.log_probs)],
+            torch.tensor(sampled.log_probs),
+            atol=1e-4,
+            rtol=0,
+        )
+    # The check can fail: with dropout on (plain train mode) the same ids score otherwise.
+    local.wrapped.train()
+    inputs = pack_trajectories(
+        ["dugongs"] * 3,
+        [prompt] * 3,
+        completions,
+        pad_id=local.tokenizer.pad_token_id,
+        device=local.device,
+    )
+    with_dropout = local.wrapped(inputs).log_pf
+    assert not torch.allclose(with_dropout[scores.mask], scores.log_pf[scores.mask], atol=1e-3)

@@ -296,7 +296,7 @@ def test_provenance_records_only_what_the_user_set(tmp_path):
         ("runner.train.learning_rate=-1e-4", "runner.train.learning_rate must be > 0"),
         ("objective.lamda=0", "objective.lamda must be in (0, 1]"),
         ("objective.lamda=1.5", "objective.lamda must be in (0, 1]"),
-        ("objective.reward.low=20", "objective.reward.low must be below objective.reward.high"),
+        ("objective.reward.low=60", "objective.reward.low must be below objective.reward.high"),
         (
             "runner.train.exploration.temperature_min=2",
             "temperature_min must be <= temperature_max",

@@ -55,7 +55,8 @@ def mock_run(tmp_path_factory) -> Path:
         "judge=fast",
         "runner.train.steps=1",
         "runner.train.batch_size=2",
-        "policy.max_new_tokens=8",
+        # The reference demonstration is 123 tokens in canonical form.
+        "policy.max_new_tokens=128",
         "judge.workers=1",
         "judge.cache=true",
         f"judge.cache_path={root / 'scores.sqlite'}",

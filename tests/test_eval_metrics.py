@@ -95,7 +95,8 @@ def test_exact_metrics_count_leaked_mass_as_error():
     leaky = {"a": math.log(0.4), "b": math.log(0.4)}  # 0.2 outside the space
     metrics = exact_metrics(log_reward, leaky, learned_log_z=math.log(2))
     assert metrics.mass_in_space == pytest.approx(0.8)
-    assert metrics.tv == pytest.approx(0.1)
+    # 1/2 (|0.5 - 0.4| + |0.5 - 0.4| + 0.2 outside): the leaked mass counts in full
+    assert metrics.tv == pytest.approx(0.2)
     with pytest.raises(ValueError, match="different programs"):
         exact_metrics(log_reward, {"a": 0.0}, learned_log_z=0.0)
 

@@ -15,20 +15,21 @@ from synthstats.objectives import (
     temperature_at,
     tempered_log_reward,
 )
+from synthstats.objectives.reward import clamp_hits
 
 
 def test_log_reward_is_the_clamped_tempered_elpd_gain():
-    elpd = [-100.0, -96.0, -40.0, -500.0]
+    elpd = [-100.0, -96.0, 100.0, -500.0]
     log_r = log_reward_from_elpd(elpd, [True] * 4, reference_elpd=-100.0, temperature=2.0)
     assert log_r.dtype == torch.float32
-    assert log_r.tolist() == [0.0, 2.0, 10.0, -20.0]
+    assert log_r.tolist() == [0.0, 2.0, 50.0, -20.0]
 
 
 def test_failed_programs_rank_below_every_valid_one():
-    elpd = np.array([-1e9, np.nan, -90.0, -80.0])
+    elpd = np.array([-1e9, np.nan, -90.0, -40.0])
     ok = np.array([True, True, False, True])
     log_r = log_reward_from_elpd(elpd, ok, reference_elpd=-100.0, temperature=1.0)
-    assert log_r.tolist() == [-20.0, -25.0, -25.0, 10.0]
+    assert log_r.tolist() == [-20.0, -25.0, -25.0, 50.0]
     assert log_reward_from_elpd([None], [True], reference_elpd=0.0, temperature=1.0).item() == -25.0
 
 
@@ -102,3 +103,20 @@ def test_config_driven_reward_uses_the_scheduled_temperature():
     log_r = tempered_log_reward([-95.0, 0.0], [True, False], reference_elpd=-100.0, step=5, cfg=cfg)
     assert log_r.tolist() == [2.0, -6.0]
     assert temperature_at(0, RewardConfig()) == 1.0
+
+
+def test_no_shipped_space_program_or_reference_hits_the_upper_clamp_at_the_default_t():
+    """The zero point (the env's reference ELPD) and `high` leave every program a user can
+    see in a shipped space, and the reference itself, below the upper clamp."""
+    from synthstats.config import RewardConfig
+    from synthstats.envs import get_env
+    from synthstats.envs.spaces import SPACES
+    from synthstats.judge.space_scores import load_scores
+
+    cfg = RewardConfig()
+    for name, space in SPACES.items():
+        reference = get_env(name).reference_elpd
+        scores = load_scores(space)
+        elpd = np.append(scores.elpd[scores.ok], reference)
+        assert clamp_hits(elpd, reference_elpd=reference, step=0, cfg=cfg)[1] == 0, name
+        assert ((elpd - reference) / cfg.temperature).max() < cfg.high - 10, name

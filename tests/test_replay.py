@@ -50,6 +50,7 @@ def test_item_keeps_token_ids_and_elpd_but_no_reward_or_log_probs():
         "error_kind",
         "step_added",
         "source",
+        "judged",
     }
     stored = item("a", -3.5)
     assert stored.completion_ids == (1, 7, 151645)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,12 +15,14 @@ from synthstats.cli import train
 from synthstats.config import Config, resolve
 from synthstats.envs import get_env
 from synthstats.judge.pool import JudgePool
+from synthstats.replay import ReplayBuffer
 from synthstats.train.checkpoint import latest_checkpoint, load_loop_state
 from synthstats.train.sft import (
     DemonstrationError,
     read_demonstrations,
     resolve_data_path,
     strip_think,
+    supervised_phase,
     warmstart_items,
 )
 
@@ -144,7 +147,8 @@ def test_think_spans_follow_the_thinking_mode(tmp_path, backend):
         path, "policy.thinking=latent", "sft_warmstart.strip_thinking=true"
     )
     (stripped,) = warmstart_items(stripped_config, env, backend, judge=None)
-    assert list(stripped.completion_ids) == without_think
+    # Under latent the canonical form always has a span: the stripped one is Qwen3's empty one.
+    assert list(stripped.completion_ids) == backend.tokenize_completion(fenced(think="\n\n"))
     assert strip_think(fenced(think="x")) == fenced()
 
 
@@ -235,7 +239,7 @@ def test_scored_demonstrations_reach_the_buffer_and_first_batch(tmp_path, backen
         train,
         [
             "policy=mock",
-            "policy.max_new_tokens=8",
+            "policy.max_new_tokens=256",
             "runner.train.steps=1",
             "runner.train.batch_size=4",
             f"output_dir={run_dir}",
@@ -260,3 +264,83 @@ def _judge_and_sft(path: Path, tmp_path: Path) -> dict[str, str]:
         "sft_warmstart.data_path": str(path),
         "sft_warmstart.compute_rewards": "true",
     }
+
+
+def test_demonstrations_enter_in_canonical_form(tmp_path, backend):
+    """Prose around the block and stray whitespace are dropped: the stored ids are the
+    program's canonical completion, the one trajectory a sample of it would be paid for."""
+    messy = "Here is my model.\n```python\n\n" + PROGRAM + "\n```\nHope it helps."
+    path = write_lines(tmp_path / "d.jsonl", [{"completion": messy, "elpd": 1.0}])
+    (item,) = warmstart_items(sft_config(path), get_env("dugongs"), backend, judge=None)
+    assert list(item.completion_ids) == backend.tokenize_completion(fenced())
+
+
+def test_shipped_demonstrations_enter_without_their_think_span_under_thinking_off(backend):
+    config = resolve(
+        [
+            "env=surgical",
+            "sft_warmstart.enabled=true",
+            "sft_warmstart.data_path=builtin:surgical",
+            "sft_warmstart.default_elpd=0.0",
+            "sft_warmstart.show_progress=false",
+        ]
+    )
+    items = warmstart_items(config, get_env("surgical"), backend, judge=None)
+    think = backend.tokenizer.convert_tokens_to_ids("<think>")
+    opening = backend.tokenizer("```python", add_special_tokens=False)["input_ids"]
+    assert items and all(think not in item.completion_ids for item in items)
+    assert all(list(item.completion_ids[: len(opening)]) == opening for item in items)
+
+
+def test_a_demonstration_longer_than_max_new_tokens_is_refused_or_skipped(tmp_path, backend):
+    path = write_lines(
+        tmp_path / "d.jsonl",
+        [{"completion": fenced(), "elpd": 1.0}, {"completion": fenced("x = 1\n"), "elpd": 1.0}],
+    )
+    with pytest.raises(DemonstrationError, match=r"d.jsonl:1: \d+ tokens .*max_new_tokens=20"):
+        warmstart_items(
+            sft_config(path, "policy.max_new_tokens=20"), get_env("dugongs"), backend, judge=None
+        )
+    config = sft_config(path, "policy.max_new_tokens=20", "sft_warmstart.skip_invalid=true")
+    (kept,) = warmstart_items(config, get_env("dugongs"), backend, judge=None)
+    assert list(kept.completion_ids) == backend.tokenize_completion(fenced("x = 1\n"))
+
+
+def test_unjudged_demonstration_elpd_gives_way_to_a_judged_score(tmp_path, backend):
+    path = write_lines(tmp_path / "d.jsonl", [{"completion": fenced(), "elpd": 99.0}])
+    (demonstration,) = warmstart_items(sft_config(path), get_env("dugongs"), backend, judge=None)
+    assert not demonstration.judged
+    buffer = ReplayBuffer(8)
+    buffer.add([demonstration], lambda item: 0.0)
+    judged = dataclasses.replace(demonstration, elpd=-3.0, judged=True, source="fresh")
+    buffer.add([judged], lambda item: 0.0)
+    assert [item.elpd for item in buffer] == [-3.0]
+    # A judged item is never replaced by a later one of the same program.
+    buffer.add([dataclasses.replace(judged, elpd=5.0)], lambda item: 0.0)
+    assert [item.elpd for item in buffer] == [-3.0]
+
+
+def test_supervised_phase_lowers_the_demonstrations_nll(tmp_path):
+    config = sft_config(
+        write_lines(tmp_path / "d.jsonl", [{"completion": fenced("x = 1\n"), "elpd": 1.0}]),
+        "policy=mock",
+        "policy.lora_dropout=0.0",
+        "runner.train.learning_rate=0.01",
+        "runner.train.batch_size=2",
+        "sft_warmstart.nll_steps=6",
+    )
+    local = build_backend(config)
+    env = get_env("dugongs")
+    items = warmstart_items(config, env, local, judge=None)
+    logged = []
+
+    class Recorder:
+        def log(self, metrics):
+            logged.append(dict(metrics))
+
+    prompt = local.render_prompt(env.render_prompt())
+    completions = [item.completion_ids for item in items]
+    losses = supervised_phase(config, local, completions, prompt, Recorder(), show_progress=False)
+    assert len(losses) == 6 and losses[-1] < losses[0]
+    assert [row["nll_loss"] for row in logged] == losses
+    assert all(row["phase"] == "sft" for row in logged)

@@ -45,7 +45,7 @@ def train_arguments(run_dir: Path, demonstrations: Path, cache: Path, steps: int
         f"runner.train.steps={steps}",
         "runner.train.batch_size=4",
         "runner.train.checkpoint_every=2",
-        "policy.max_new_tokens=12",
+        "policy.max_new_tokens=128",
         "policy.lora_dropout=0.0",
         "judge.workers=1",
         "judge.cache=true",

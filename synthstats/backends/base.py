@@ -46,6 +46,12 @@ class TrainBatch:
     prompt_ids: Sequence[Sequence[int]]
     completion_ids: Sequence[Sequence[int]]
     log_reward: Tensor  # [B]
+    # [B] bool: the program failed (judge, truncation or noncanonical form). A failed row
+    # is left out of the balance loss; None: none failed.
+    failed: Tensor | None = None
+    # [B] bool: a fresh sample at temperature 1, a draw of the current policy (the failure
+    # term's estimate uses these rows only). None: none.
+    on_policy: Tensor | None = None
 
     def __post_init__(self) -> None:
         size = len(self.prompt_keys)
@@ -57,6 +63,10 @@ class TrainBatch:
             )
         if self.log_reward.dim() != 1:
             raise ValueError(f"log_reward must have shape [B], got {tuple(self.log_reward.shape)}")
+        for name in ("failed", "on_policy"):
+            flags = getattr(self, name)
+            if flags is not None and tuple(flags.shape) != (size,):
+                raise ValueError(f"{name} must have shape ({size},), got {tuple(flags.shape)}")
         if any(len(ids) == 0 for ids in self.completion_ids):
             raise ValueError("every completion needs at least one token")
 

@@ -24,7 +24,8 @@ writes its own optimizer shard):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,7 +36,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from synthstats.backends.base import Rollout, TrainBatch
 from synthstats.backends.distributed import Distributed
-from synthstats.backends.policy_module import PolicyWithFlows, objective_loss, pack_trajectories
+from synthstats.backends.policy_module import (
+    PolicyWithFlows,
+    TrajectoryScores,
+    objective_loss,
+    pack_trajectories,
+)
 from synthstats.backends.sampling import sample_completions
 from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
 from synthstats.objectives import (
@@ -77,11 +83,16 @@ class LocalBackend:
         seed: int = 0,
         device: torch.device | None = None,
         distributed: Distributed | None = None,
+        train_base: bool = False,
     ) -> None:
+        """`train_base` trains every weight of the model too, not only LoRA (the LM-path
+        exact check: a tiny random model's LoRA alone cannot move its logits far enough)."""
+        self.train_base = train_base
         self.distributed = distributed or Distributed.from_environment()
         self.device = device or self.distributed.device
         self.policy = policy
         self.max_grad_norm = train.max_grad_norm
+        self.failure_weight = objective.failure_weight
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.vocab_size = len(self.tokenizer)
         base = AutoModelForCausalLM.from_pretrained(
@@ -95,6 +106,9 @@ class LocalBackend:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             peft_model, log_z, flow = _trainable_parts(base, policy, objective, prompt_keys)
+        if train_base:
+            for param in base.parameters():
+                param.requires_grad_(True)
         self.module = PolicyWithFlows(
             peft_model, vocab_size=self.vocab_size, log_z=log_z, flow=flow
         ).to(self.device)
@@ -174,17 +188,17 @@ class LocalBackend:
                 "this objective needs a flow estimator, but the backend was built for "
                 "objective.loss=tb; build it from the same objective config"
             )
-        self.wrapped.train()
-        inputs = pack_trajectories(
-            batch.prompt_keys,
-            batch.prompt_ids,
-            batch.completion_ids,
-            pad_id=self.tokenizer.pad_token_id,
-            device=self.device,
-        )
-        scores = self.wrapped(inputs)
+        scores = self.loss_scores(batch.prompt_keys, batch.prompt_ids, batch.completion_ids)
         log_reward = batch.log_reward.to(self.device, torch.float32)
-        loss, log_z = objective_loss(objective, scores, log_reward, batch.prompt_keys)
+        loss, log_z = objective_loss(
+            objective,
+            scores,
+            log_reward,
+            batch.prompt_keys,
+            failed=batch.failed,
+            on_policy=batch.on_policy,
+            failure_weight=self.failure_weight,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         self.distributed.backward(loss)
         metrics = self.distributed.clip_gradients(self.optimizer, self.max_grad_norm)
@@ -197,6 +211,46 @@ class LocalBackend:
             tokens=float(scores.mask.sum()),
         )
         return metrics
+
+    def supervised_step(
+        self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
+    ) -> float:
+        """One step of plain likelihood on these completions (the supervised phase); returns
+        the mean per-token negative log-likelihood before the step."""
+        keys = [""] * len(prompt_ids)
+        with _without_log_z_and_flow(self.module):
+            scores = self.loss_scores(keys, prompt_ids, completion_ids)
+        loss = -torch.where(scores.mask, scores.log_pf, 0.0).sum() / scores.mask.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.distributed.backward(loss)
+        self.distributed.clip_gradients(self.optimizer, self.max_grad_norm)
+        self.optimizer.step()
+        return float(loss.detach())
+
+    def loss_scores(
+        self,
+        prompt_keys: Sequence[str],
+        prompt_ids: Sequence[Sequence[int]],
+        completion_ids: Sequence[Sequence[int]],
+    ) -> TrajectoryScores:
+        """log P_F (with gradient), log F and log Z exactly as the loss reads them.
+
+        Train mode, but with every dropout module off (LoRA's lora_dropout included): the
+        loss must fit the sampler's own log-probabilities, not their average over dropout
+        masks, or the fixed point is not the sampler's distribution.
+        """
+        self.wrapped.train()
+        for module in self.module.modules():
+            if isinstance(module, nn.Dropout):
+                module.eval()
+        inputs = pack_trajectories(
+            prompt_keys,
+            prompt_ids,
+            completion_ids,
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+        )
+        return self.wrapped(inputs)
 
     def _pack_for_scoring(
         self, prompt_ids: Sequence[Sequence[int]], completion_ids: Sequence[Sequence[int]]
@@ -248,6 +302,8 @@ class LocalBackend:
         if self.distributed.is_main:
             self.module.lm.save_pretrained(directory / ADAPTER_DIR, state_dict=adapter)
             state = {"log_z": log_z, "flow": flow, "sampling_rng": sampling_rngs}
+            if self.train_base:
+                state["base"] = {k: v.detach().cpu() for k, v in adapter.items()}
             if not sharded:
                 state["optimizer"] = self.optimizer.state_dict()
             torch.save(state, directory / STATE_FILE)
@@ -281,6 +337,8 @@ class LocalBackend:
                 f"{directory} was written under DeepSpeed (sharded optimizer state); resume it "
                 "under the accelerate config that wrote it"
             )
+        if self.train_base:
+            self.module.lm.load_state_dict(state["base"], strict=False)
         weights = load_peft_weights(str(directory / ADAPTER_DIR), device=str(self.device))
         result = set_peft_model_state_dict(self.module.lm, weights)
         missing = [key for key in result.missing_keys if "lora_" in key]
@@ -332,6 +390,17 @@ def _stop_ids(tokenizer, eos: int | list[int] | None) -> list[int]:
     """The tokenizer's end-of-turn token plus the model's generation_config eos ids."""
     extra = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     return sorted({tokenizer.eos_token_id, *extra})
+
+
+@contextmanager
+def _without_log_z_and_flow(module: PolicyWithFlows) -> Iterator[None]:
+    """Score without reading log Z or flows (the supervised phase needs neither)."""
+    log_z, flow = module.log_z, module.flow
+    module.log_z, module.flow = None, None
+    try:
+        yield
+    finally:
+        module.log_z, module.flow = log_z, flow
 
 
 def _load_or_check_absent(module: nn.Module | None, state: dict | None, what: str) -> None:

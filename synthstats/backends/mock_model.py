@@ -51,8 +51,9 @@ def qwen3_tokenizer_folder() -> Path:
     return folder
 
 
-def write_mock_model(folder: Path) -> None:
-    """Save a seeded tiny Qwen3 and the Qwen3 tokenizer into `folder` (same weights every time)."""
+def write_mock_model(folder: Path, architecture: dict | None = None) -> None:
+    """Save a seeded tiny Qwen3 and the Qwen3 tokenizer into `folder` (same weights every time);
+    `architecture` replaces MOCK_ARCHITECTURE (the LM-path exact check uses a larger one)."""
     tokenizer = AutoTokenizer.from_pretrained(qwen3_tokenizer_folder(), local_files_only=True)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
     config = Qwen3Config(
@@ -60,7 +61,7 @@ def write_mock_model(folder: Path) -> None:
         bos_token_id=None,
         eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id,
-        **MOCK_ARCHITECTURE,
+        **(architecture or MOCK_ARCHITECTURE),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(MOCK_SEED)

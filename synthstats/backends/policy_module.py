@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from synthstats.objectives import FlowInputs, LogZTable, Objective, vargrad_log_z
+from synthstats.objectives import FlowInputs, LogZTable, Objective, failure_loss, vargrad_log_z
 
 
 @dataclass(frozen=True)
@@ -50,17 +50,42 @@ def objective_loss(
     scores: TrajectoryScores,
     log_reward: Tensor,
     prompt_keys: Sequence[str],
+    *,
+    failed: Tensor | None = None,
+    on_policy: Tensor | None = None,
+    failure_weight: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
-    """The objective's loss and the [B] log Z it used: the learned table's, or, for a policy
-    without one, VarGrad's estimate from this very batch. One place for every backend."""
-    log_z = scores.log_z
-    if log_z is None:
-        log_z = vargrad_log_z(
-            scores.log_pf, scores.mask, log_reward=log_reward, prompt_keys=prompt_keys
-        )
-    loss = objective(
-        scores.log_pf, scores.mask, scores.log_flow, log_reward=log_reward, log_z=log_z
-    )
+    """The loss and the log Z it used, for the valid rows. One place for every backend.
+
+    The balance objective runs on the valid rows only (failed ones never pull log Z; see
+    synthstats.objectives.failures for the fixed point), with the learned table's log Z or,
+    for a policy without one, VarGrad's estimate from the valid rows of this very batch.
+    `failure_weight` times `failure_loss` over the on-policy rows pushes failure mass down.
+    `failed` / `on_policy` ([B] bool) default to none failed and none on-policy.
+    """
+    rows = len(prompt_keys)
+    device = scores.log_pf.device
+    failed = torch.zeros(rows, dtype=torch.bool) if failed is None else failed
+    on_policy = torch.zeros(rows, dtype=torch.bool) if on_policy is None else on_policy
+    failed, on_policy = failed.to(device, torch.bool), on_policy.to(device, torch.bool)
+    valid = ~failed
+    keys = [key for key, ok in zip(prompt_keys, valid.tolist(), strict=True) if ok]
+    log_pf, mask = scores.log_pf[valid], scores.mask[valid]
+    log_flow = None if scores.log_flow is None else scores.log_flow[valid]
+    reward = log_reward.to(device)[valid]
+    if scores.log_z is not None:
+        log_z = scores.log_z[valid]
+    elif keys:
+        log_z = vargrad_log_z(log_pf, mask, log_reward=reward, prompt_keys=keys)
+    else:
+        log_z = reward  # empty
+    if keys:
+        loss = objective(log_pf, mask, log_flow, log_reward=reward, log_z=log_z)
+    else:
+        loss = scores.log_pf.sum() * 0.0
+    if failure_weight and bool((failed & on_policy).any()):
+        penalty = failure_loss(scores.log_pf, scores.mask, failed=failed, on_policy=on_policy)
+        loss = loss + failure_weight * penalty
     return loss, log_z
 
 

@@ -19,6 +19,8 @@ from torch import nn
 class SampledIds:
     completion_ids: list[int]
     truncated: bool
+    # log P_F of each drawn id at temperature 1, from the very logits it was drawn from.
+    log_probs: list[float]
 
 
 @torch.no_grad()
@@ -47,22 +49,24 @@ def sample_completions(
     stops = torch.tensor(list(stop_ids), device=device)
     input_ids = torch.tensor([list(prompt_ids)], device=device).repeat(rows, 1)
     output = causal_lm(input_ids=input_ids, use_cache=True, logits_to_keep=1)
-    drawn = []
+    drawn, log_probs = [], []
     finished = torch.zeros(rows, dtype=torch.bool, device=device)
     while True:
         logits = output.logits[:, -1, :vocab_size].float()
         probs = torch.softmax(logits / temperatures[:, None], dim=-1)
         next_ids = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         drawn.append(next_ids)
+        log_probs.append(logits.log_softmax(-1).gather(-1, next_ids[:, None]).squeeze(-1))
         finished |= torch.isin(next_ids, stops)
         if bool(finished.all()) or len(drawn) == max_new_tokens:
             break
         output = causal_lm(input_ids=next_ids[:, None], cache=output.cache, use_cache=True)
-    return [_cut_at_stop(row, set(stop_ids)) for row in torch.stack(drawn, 1).tolist()]
+    rows = zip(torch.stack(drawn, 1).tolist(), torch.stack(log_probs, 1).tolist(), strict=True)
+    return [_cut_at_stop(ids, scores, set(stop_ids)) for ids, scores in rows]
 
 
-def _cut_at_stop(ids: list[int], stop_ids: set[int]) -> SampledIds:
+def _cut_at_stop(ids: list[int], log_probs: list[float], stop_ids: set[int]) -> SampledIds:
     for position, token in enumerate(ids):
         if token in stop_ids:
-            return SampledIds(ids[: position + 1], truncated=False)
-    return SampledIds(ids, truncated=True)
+            return SampledIds(ids[: position + 1], False, log_probs[: position + 1])
+    return SampledIds(ids, True, log_probs)

@@ -159,6 +159,7 @@ class SlotBackend:
         self.vocabulary = SlotVocabulary(space)
         self.prompt_keys = list(prompt_keys)
         self.max_grad_norm = train.max_grad_norm
+        self.failure_weight = objective.failure_weight
         # Seeded initialisation: a resumed run builds identical weights.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -230,7 +231,15 @@ class SlotBackend:
         self.module.train()
         scores = self.module(self._pack(batch.prompt_keys, batch.prompt_ids, batch.completion_ids))
         log_reward = batch.log_reward.to(self.device, torch.float32)
-        loss, log_z = objective_loss(objective, scores, log_reward, batch.prompt_keys)
+        loss, log_z = objective_loss(
+            objective,
+            scores,
+            log_reward,
+            batch.prompt_keys,
+            failed=batch.failed,
+            on_policy=batch.on_policy,
+            failure_weight=self.failure_weight,
+        )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics = {

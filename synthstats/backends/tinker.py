@@ -110,6 +110,7 @@ class TinkerBackend:
         connection: TinkerConnection | None = None,
     ) -> None:
         require_credentials()
+        self.failure_weight = objective.failure_weight
         needs_flow = build_objective(objective).needs_flow
         if needs_flow and objective.flow_estimator != "prefix_net":
             raise ConfigError(
@@ -311,6 +312,7 @@ class TinkerBackend:
         completion_ids = padded_completions(batch.completion_ids)
         log_reward = batch.log_reward.detach().float()
         keys = list(batch.prompt_keys)
+        failed, on_policy = batch.failed, batch.on_policy
 
         def loss_fn(
             data: list[types.Datum], logprobs: list[Tensor]
@@ -331,7 +333,15 @@ class TinkerBackend:
                 log_flow = self.flow(FlowInputs(keys, completion_ids, mask))
             learned = self.log_z(keys) if self.log_z is not None else None
             scores = TrajectoryScores(log_pf, mask, log_flow, learned)
-            loss, log_z = objective_loss(objective, scores, log_reward, keys)
+            loss, log_z = objective_loss(
+                objective,
+                scores,
+                log_reward,
+                keys,
+                failed=failed,
+                on_policy=on_policy,
+                failure_weight=self.failure_weight,
+            )
             log_pf_total = torch.where(mask, log_pf, 0.0).sum(-1)
             recorded.update(
                 loss=float(loss.detach()),

@@ -31,7 +31,8 @@ No files, network, eval/exec or attribute tricks.
 discrete latent variables).
 
 You may think first. Then answer with exactly one ```python fenced block holding the whole \
-program.\
+program, and nothing else: no text before or after the block, no blank lines at its start \
+or end. Only an answer in exactly this form is scored.\
 """
 
 

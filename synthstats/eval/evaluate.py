@@ -124,6 +124,7 @@ def _checkpoint_step(checkpoint: Path) -> int:
 
 def _sampled_report(config, run_dir: Path, checkpoint: Path, step: int, samples: int) -> dict:
     from synthstats.backends import build_backend
+    from synthstats.backends.canonical import noncanonical_reason
     from synthstats.envs import get_env
     from synthstats.judge.pool import JudgePool
     from synthstats.objectives.reward import temperature_at, tempered_log_reward
@@ -142,19 +143,34 @@ def _sampled_report(config, run_dir: Path, checkpoint: Path, step: int, samples:
             rollouts.extend(backend.sample(env.name, prompt_ids, [1.0] * count))
             bar.update(count)
 
-    untruncated = [rollout.text for rollout in rollouts if not rollout.truncated]
+    # As in training: a completion cut at max_new_tokens fails as no_program and one not in
+    # canonical form as noncanonical, both unjudged.
+    verdicts = [
+        "no_program"
+        if rollout.truncated
+        else "noncanonical"
+        if noncanonical_reason(
+            rollout.completion_ids,
+            rollout.text,
+            thinking=config.policy.thinking,
+            tokenize_completion=backend.tokenize_completion,
+        )
+        else None
+        for rollout in rollouts
+    ]
+    to_judge = [r.text for r, verdict in zip(rollouts, verdicts, strict=True) if verdict is None]
     judged_scores = []
-    if untruncated:  # a completion cut at max_new_tokens fails as no_program, unjudged
+    if to_judge:
         with JudgePool(config.judge) as judge:
-            futures = [judge.submit(env, text) for text in untruncated]
+            futures = [judge.submit(env, text) for text in to_judge]
             judged_scores = gather(futures, f"scoring {env.name}", unit="program")
     judged = iter(judged_scores)
-    scores = [None if rollout.truncated else next(judged) for rollout in rollouts]
+    scores = [None if verdict else next(judged) for verdict in verdicts]
     ok = [score is not None and score.ok for score in scores]
     elpd = [score.elpd_loo if score is not None and score.ok else math.nan for score in scores]
     error_kinds = Counter(
-        "no_program" if score is None else str(score.error_kind)
-        for score in scores
+        verdict or str(score.error_kind)
+        for verdict, score in zip(verdicts, scores, strict=True)
         if score is None or not score.ok
     )
     log_reward = [

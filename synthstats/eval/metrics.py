@@ -5,7 +5,8 @@ probabilities are exact, like the slot policy); empirical ones need only samples
 log p_theta and log R, for spaces too large to enumerate. All logs are natural.
 
 Programs are keyed by their completion text. A learned distribution is used as given, not
-renormalised: probability a policy leaks outside the space shows up as error.
+renormalised: probability a policy leaks outside the space shows up as error, in full:
+TV = 1/2 (sum over the space of |p* - p_theta| + mass outside the space).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ class ExactMetrics:
     modes_floor: float
     # Probability the policy puts on programs of the space (1 unless it leaks).
     mass_in_space: float
+    # TV counts the leaked mass 1 - mass_in_space in full (the target has none there).
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -113,7 +115,7 @@ def exact_metrics(
     log_partition = float(logsumexp(log_r))
     return ExactMetrics(
         programs=len(keys),
-        tv=total_variation(target, learned),
+        tv=total_variation(target, learned) + 0.5 * max(0.0, 1.0 - float(learned.sum())),
         kl=kl_divergence(target, learned),
         jsd=jensen_shannon(target, learned),
         logz_error=abs(float(learned_log_z) - log_partition),

@@ -23,6 +23,7 @@ ErrorKind = Literal[
     "timeout",  # wall-clock or CPU time limit
     "memory",  # address-space limit or killed for memory
     "crashed",  # the process died without a verdict (segfault, abort, dead worker)
+    "noncanonical",  # not its program's canonical completion (set by the loop, not the judge)
 ]
 ERROR_KINDS: tuple[str, ...] = ErrorKind.__args__
 

@@ -4,6 +4,7 @@ A pure function of tensors: no I/O, no optimizer, no knowledge of PyMC or of the
 """
 
 from synthstats.objectives.balance import db_loss, subtb_loss, tb_loss
+from synthstats.objectives.failures import failure_loss
 from synthstats.objectives.flows import FlowInputs, HiddenStateFlowHead, PrefixFlowNet
 from synthstats.objectives.log_z import LogZTable, PromptIndex, vargrad_log_z
 from synthstats.objectives.objective import (
@@ -47,6 +48,7 @@ __all__ = [
     "anneal_temperature",
     "build_objective",
     "db_loss",
+    "failure_loss",
     "latent_think_log_reward",
     "log_reward_from_elpd",
     "objective_log_reward",

@@ -37,7 +37,7 @@ def log_reward_from_elpd(
     reference_elpd: float | ArrayLike,
     temperature: float,
     low: float = -20.0,
-    high: float = 10.0,
+    high: float = 50.0,
     failure_log_reward: float = -25.0,
 ) -> Tensor:
     """[B] float32 log R. A program counts as failed if ok is false or its ELPD is not finite."""
@@ -105,6 +105,14 @@ def tempered_log_reward(
         high=cfg.high,
         failure_log_reward=cfg.failure_log_reward,
     )
+
+
+def clamp_hits(
+    elpd: ArrayLike, *, reference_elpd: float, step: int, cfg: RewardConfig
+) -> tuple[int, int]:
+    """How many of these (valid) ELPDs the clamp cuts at low and at high at this step."""
+    tempered = (_as_float64(elpd) - reference_elpd) / temperature_at(step, cfg)
+    return int((tempered <= cfg.low).sum()), int((tempered >= cfg.high).sum())
 
 
 _SCHEDULES: dict[str, Callable[[float, float, float], float]] = {

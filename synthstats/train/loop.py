@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from synthstats.backends.base import PolicyBackend, Rollout, TrainBatch
+from synthstats.backends.canonical import noncanonical_reason
 from synthstats.backends.distributed import Distributed
 from synthstats.config import Config
 from synthstats.envs.base import Env
@@ -37,7 +38,7 @@ from synthstats.errors import PolicyStepError
 from synthstats.judge.extract import extract_program
 from synthstats.judge.score import Score
 from synthstats.objectives import Objective, objective_log_reward, temperature_at
-from synthstats.objectives.reward import tempered_log_reward
+from synthstats.objectives.reward import clamp_hits, tempered_log_reward
 from synthstats.replay import ReplayBuffer, ReplayItem, program_hash
 from synthstats.train.checkpoint import latest_checkpoint, load_loop_state, save_checkpoint
 from synthstats.train.metrics import MetricsLogger
@@ -293,9 +294,23 @@ class Trainer:
         started = time.perf_counter()
         rollouts = self.backend.sample(self.prompt_key, self.prompt_ids, temperatures)
         sample_seconds = time.perf_counter() - started
-        texts = [rollout.text for rollout in rollouts if not rollout.truncated]
+        verdicts = [self._verdict_before_judging(rollout) for rollout in rollouts]
+        texts = [r.text for r, verdict in zip(rollouts, verdicts, strict=True) if verdict is None]
         scored = self.judge.score_async(self.env, texts)
-        return PendingBatch(rollouts, _with_truncations(rollouts, scored), sample_seconds)
+        return PendingBatch(rollouts, _with_verdicts(verdicts, scored), sample_seconds)
+
+    def _verdict_before_judging(self, rollout: Rollout) -> Score | None:
+        """The failure of a rollout the judge need not see (cut at the token limit, or not
+        in canonical form: see synthstats.backends.canonical), or None to judge it."""
+        if rollout.truncated:
+            return Score.failure("no_program", "completion cut at policy.max_new_tokens")
+        reason = noncanonical_reason(
+            rollout.completion_ids,
+            rollout.text,
+            thinking=self.config.policy.thinking,
+            tokenize_completion=self.backend.tokenize_completion,
+        )
+        return None if reason is None else Score.failure("noncanonical", reason)
 
     def _replay_count(self, state: LoopState) -> int:
         wanted = round(self.local_batch_size * self.config.runner.train.replay_fraction)
@@ -322,10 +337,13 @@ class Trainer:
             alpha=train.replay_alpha,
         )
         # One buffer shared by all ranks: each adds every rank's fresh items, in rank order.
+        # Failures stay out: they never enter the balance loss, and replayed they are not
+        # on-policy draws for the failure term either.
         every_rank = self.distributed.all_gather(fresh)
-        state.replay.add([item for items in every_rank for item in items], log_reward)
+        state.replay.add([item for items in every_rank for item in items if item.ok], log_reward)
         items = fresh + replayed
         rewards = self._log_rewards(items, state.step)
+        on_policy = [rollout.temperature == 1.0 for rollout in batch.rollouts]
         started = time.perf_counter()
         result = self.backend.train_step(
             TrainBatch(
@@ -333,12 +351,21 @@ class Trainer:
                 prompt_ids=[self.prompt_ids for _ in items],
                 completion_ids=[item.completion_ids for item in items],
                 log_reward=rewards,
+                failed=torch.tensor([not item.ok for item in items]),
+                on_policy=torch.tensor(on_policy + [False] * len(replayed)),
             ),
             self.objective,
         )
         learner_seconds = time.perf_counter() - started
         fresh_rewards = rewards[: len(fresh)]
         valid = [item.elpd for item in fresh if item.ok]
+        drawn = [item for item, policy in zip(fresh, on_policy, strict=True) if policy]
+        clamped_low, clamped_high = clamp_hits(
+            valid,
+            reference_elpd=self.env.reference_elpd,
+            step=state.step,
+            cfg=self.config.objective.reward,
+        )
         tokens = sum(len(rollout.completion_ids) for rollout in batch.rollouts)
         return {
             "step": state.step,
@@ -348,6 +375,12 @@ class Trainer:
             "reward_max": float(fresh_rewards.max()),
             "batch_reward_max": float(rewards.max()),
             "valid_rate": len(valid) / len(fresh),
+            # p(valid) of the policy itself: the sampler's efficiency under p(x | valid).
+            "sampler_efficiency": sum(item.ok for item in drawn) / len(drawn) if drawn else None,
+            "noncanonical_rate": sum(i.error_kind == "noncanonical" for i in fresh) / len(fresh),
+            # Share of the scored fresh programs whose log R the clamp cut, at low / high.
+            "clamped_low": clamped_low / len(valid) if valid else None,
+            "clamped_high": clamped_high / len(valid) if valid else None,
             "elpd_max": max(valid) if valid else None,
             "unique_programs": len({item.program_hash for item in fresh}),
             "replayed": len(replayed),
@@ -419,8 +452,8 @@ class Trainer:
         return lambda item: float(self._program_log_rewards([item], step)[0])
 
 
-def _with_truncations(rollouts: Sequence[Rollout], scored: Future[list[Score]]) -> Future:
-    """Scores for every rollout: a completion cut at the token limit fails as no_program."""
+def _with_verdicts(verdicts: Sequence[Score | None], scored: Future) -> Future:
+    """Scores for every rollout: its verdict before judging, or the judge's in order."""
     combined: Future[list[Score]] = Future()
 
     def merge(done: Future[list[Score]]) -> None:
@@ -429,10 +462,7 @@ def _with_truncations(rollouts: Sequence[Rollout], scored: Future[list[Score]]) 
             combined.set_exception(error)
             return
         judged = iter(done.result())
-        truncated = Score.failure("no_program", "completion cut at policy.max_new_tokens")
-        combined.set_result(
-            [truncated if rollout.truncated else next(judged) for rollout in rollouts]
-        )
+        combined.set_result([next(judged) if v is None else v for v in verdicts])
 
     scored.add_done_callback(merge)
     return combined

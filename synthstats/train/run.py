@@ -22,7 +22,7 @@ from synthstats.train.checkpoint import export_final, latest_checkpoint, load_lo
 from synthstats.train.loop import LoopState, Trainer
 from synthstats.train.metrics import MetricsLogger
 from synthstats.train.run_dir import RunError, RunSummary, open_run_dir, setup_logging
-from synthstats.train.sft import warmstart_items
+from synthstats.train.sft import supervised_phase, warmstart_items
 
 log = logging.getLogger("synthstats.train")
 
@@ -80,15 +80,18 @@ def run(config: Config, *, show_progress: bool = True) -> RunSummary:
                 )
                 log.info("resuming %s at step %d", run_dir, state.step)
             else:
-                state = trainer.new_state(
-                    warmstart_items(
-                        config,
-                        env,
-                        backend,
-                        judge,
-                        show_progress=show_progress and distributed.is_main,
-                    )
+                demonstrations = warmstart_items(
+                    config, env, backend, judge, show_progress=show_progress and distributed.is_main
                 )
+                supervised_phase(
+                    config,
+                    backend,
+                    [item.completion_ids for item in demonstrations],
+                    trainer.prompt_ids,
+                    metrics,
+                    show_progress=show_progress and distributed.is_main,
+                )
+                state = trainer.new_state(demonstrations)
             total = config.runner.train.steps
             with progress_bar(
                 total,

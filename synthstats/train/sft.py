@@ -1,15 +1,23 @@
 """SFT warm-start: demonstrations enter the replay buffer before the first step.
 
 The policy learns from good programs before it can write any. A demonstration is stored
-like a sample: the completion's token ids (tokenised as the backend would have sampled
-them, stop token included) and its ELPD, never a reward. Its trajectory starts from the
-env's prompt, whatever prompt the line carries. With `policy.thinking: off` a `<think>`
-span is removed from the completion (a policy that cannot think never wrote one); with
-`latent` it stays as the latent unless `strip_thinking` is set.
+like a sample: the token ids of its program's canonical completion (see
+synthstats.backends.canonical: one ```python block, the tokenizer's encoding, the stop
+token) and its ELPD, never a reward. Its trajectory starts from the env's prompt, whatever
+prompt the line carries. With `policy.thinking: off` a `<think>` span is removed from the
+completion (a policy that cannot think never wrote one); with `latent` it stays as the
+latent unless `strip_thinking` is set (then the span is Qwen3's empty one). A demonstration
+longer than policy.max_new_tokens could never be sampled: it is refused with its file and
+line (or skipped and counted with skip_invalid).
+
+`sft_warmstart.nll_steps` > 0 adds a supervised phase before the GFlowNet phase: plain
+likelihood on the demonstrations' canonical completions, for a policy that cannot yet write
+any program (its loss is logged per step as `nll_loss`, phase `sft`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -18,20 +26,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from synthstats.backends.base import PolicyBackend
+from synthstats.backends.canonical import canonical_completion
 from synthstats.config import Config
 from synthstats.envs import get_env
 from synthstats.envs.base import Env
 from synthstats.errors import UserFacingError
 from synthstats.judge.extract import extract_program
+from synthstats.objectives import ThinkingMode
 from synthstats.replay import ReplayItem, program_hash
+from synthstats.train.metrics import MetricsLogger
 
 log = logging.getLogger("synthstats.sft")
 
 BUILTIN_PREFIX = "builtin:"
 _THINK_SPAN = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
+_THINK_CONTENT = re.compile(r"^\s*<think>(.*?)</think>", re.DOTALL)
 
 
 class DemonstrationError(UserFacingError, ValueError):
@@ -171,25 +184,110 @@ def warmstart_items(
     demonstrations = _select(
         read_demonstrations(path, strip_thinking=strip, skip_invalid=sft.skip_invalid), env, config
     )
+    demonstrations, ids = _canonical_ids(demonstrations, backend, config)
     elpds = _elpds(demonstrations, env, judge, config, show_progress)
     items = []
-    for demonstration, (ok, elpd, error_kind) in zip(demonstrations, elpds, strict=True):
+    for demonstration, completion_ids, (ok, elpd, error_kind) in zip(
+        demonstrations, ids, elpds, strict=True
+    ):
         if not ok:
             log.warning("demonstration %s failed to score: %s", demonstration.where, error_kind)
         items.append(
             ReplayItem(
                 prompt_key=env.name,
-                completion_ids=tuple(backend.tokenize_completion(demonstration.completion)),
+                completion_ids=tuple(completion_ids),
                 program_hash=program_hash(demonstration.program),
                 elpd=elpd if ok else None,
                 ok=ok,
                 error_kind=None if ok else error_kind,
                 step_added=0,
                 source="sft",
+                judged=sft.compute_rewards,
             )
         )
     log.info("warm-start: %d demonstrations from %s in the replay buffer", len(items), path)
     return items
+
+
+def canonical_demonstration(demonstration: Demonstration, thinking: ThinkingMode) -> str:
+    """The canonical completion of a demonstration's program (its think span kept as the
+    latent under thinking: latent, unless it was stripped)."""
+    think = _THINK_CONTENT.match(demonstration.completion)
+    return canonical_completion(
+        demonstration.program, thinking, think.group(1) if think is not None else None
+    )
+
+
+def _canonical_ids(
+    demonstrations: Sequence[Demonstration], backend: PolicyBackend, config: Config
+) -> tuple[list[Demonstration], list[list[int]]]:
+    """Each demonstration in canonical form with its ids; a too-long one is refused with its
+    file and line, or skipped and counted under skip_invalid."""
+    limit = config.policy.max_new_tokens
+    kept, ids, skipped = [], [], []
+    for demonstration in demonstrations:
+        try:
+            text = canonical_demonstration(demonstration, config.policy.thinking)
+        except ValueError as error:
+            problem = f"{demonstration.where}: {error}"
+        else:
+            tokens = backend.tokenize_completion(text)
+            if len(tokens) <= limit:
+                kept.append(dataclasses.replace(demonstration, completion=text))
+                ids.append(tokens)
+                continue
+            problem = (
+                f"{demonstration.where}: {len(tokens)} tokens in canonical form, more than "
+                f"policy.max_new_tokens={limit} (the policy could never sample it); raise the "
+                "limit, shorten the demonstration or set sft_warmstart.skip_invalid=true"
+            )
+        if not config.sft_warmstart.skip_invalid:
+            raise DemonstrationError(problem)
+        skipped.append(problem)
+    if skipped:
+        log.warning("skipped %d demonstrations:\n  %s", len(skipped), "\n  ".join(skipped))
+    if not kept:
+        raise DemonstrationError(f"{config.sft_warmstart.data_path}: no usable demonstrations")
+    return kept, ids
+
+
+def supervised_phase(
+    config: Config,
+    backend: Any,
+    completions: Sequence[Sequence[int]],
+    prompt_ids: Sequence[int],
+    metrics: MetricsLogger | None,
+    *,
+    show_progress: bool = True,
+) -> list[float]:
+    """sft_warmstart.nll_steps steps of plain likelihood on these completion ids (the
+    demonstrations' canonical completions), in batches of runner.train.batch_size drawn in
+    a seeded shuffled order; returns each step's loss. Needs a backend's `supervised_step`."""
+    steps = config.sft_warmstart.nll_steps
+    if steps == 0:
+        return []
+    if not hasattr(backend, "supervised_step"):
+        raise DemonstrationError(
+            f"sft_warmstart.nll_steps={steps}: the {type(backend).__name__} has no supervised "
+            "phase; set sft_warmstart.nll_steps=0"
+        )
+    rows = list(completions)
+    size = min(config.runner.train.batch_size, len(rows))
+    rng = np.random.default_rng(config.seed)
+    order: list[int] = []
+    losses = []
+    with tqdm(total=steps, desc="supervised phase", unit="step", disable=not show_progress) as bar:
+        for step in range(steps):
+            if len(order) < size:
+                order += rng.permutation(len(rows)).tolist()
+            chosen, order = order[:size], order[size:]
+            loss = backend.supervised_step([prompt_ids] * size, [rows[i] for i in chosen])
+            losses.append(loss)
+            if metrics is not None:
+                metrics.log({"step": step, "phase": "sft", "nll_loss": loss})
+            bar.update(1)
+            bar.set_postfix(nll=f"{loss:.3g}")
+    return losses
 
 
 def _elpds(

@@ -1,0 +1,336 @@
+"""The exact check on the language-model path: a tiny Qwen3, the real tokenizer, the real loop.
+
+The slot job (validation.py) proves objective, loop and replay on a policy that cannot go
+wrong the ways a language model can (other spellings of a program, failures, dropout). This
+job trains a tiny random Qwen3 over the real Qwen3 tokenizer and chat template, in full
+(LocalBackend(train_base=True): with LoRA alone a tiny random model's logits stay within
+about +-1), through the local backend's sampling, scoring and update code and the
+backend-agnostic loop, on a space's target with failure programs added:
+
+- valid programs: the space's, paid exp((elpd - best) / T) from its shipped scores;
+- failure programs: `failure_programs(space)`, edits of its first program that the real
+  judge's gate refuses (checked when the target is built); any other canonical completion
+  fails too, and a noncanonical one fails in the loop before any judge sees it.
+
+p_theta of each program is exact: teacher forcing its canonical completion (stop token
+included) from the env's prompt. Everything else the policy can emit is failure mass. The
+target is p*(x) = p(x | valid) = R(x) / sum R (synthstats/objectives/failures.py), so the
+report gives, after the supervised phase (uniform over every program of the space, failure
+programs included) and after the GFlowNet phase: TV(p*, p_theta(. | valid)), p(valid), the
+mass on the declared failure programs, KL(p* || p_theta(. | valid)), Spearman, and the log Z
+error against the derivation, |log Z - (log sum R - log p(valid))|.
+
+    python -m synthstats.eval.lm_exact --env surgical --out runs/lm-exact
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from synthstats.backends.canonical import canonical_completion
+from synthstats.backends.local import LocalBackend
+from synthstats.backends.mock_model import cached_model_folder, write_mock_model
+from synthstats.config import Config, to_yaml
+from synthstats.envs import get_env
+from synthstats.envs.base import Env
+from synthstats.envs.spaces import get_space
+from synthstats.envs.spaces.grammar import ProgramSpace
+from synthstats.eval.metrics import exact_metrics
+from synthstats.eval.target import space_log_rewards, space_reference_elpd
+from synthstats.judge.score import Score
+from synthstats.judge.scoring import prepare
+from synthstats.judge.space_scores import load_scores
+from synthstats.objectives import build_objective
+from synthstats.train.loop import Trainer
+from synthstats.train.metrics import MetricsLogger
+from synthstats.train.sft import supervised_phase
+
+log = logging.getLogger("synthstats.eval")
+
+# Small but able to memorise a few dozen programs; the LM head over 151k tokens dominates.
+ARCHITECTURE = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
+# Edits of a valid program that the judge's static gate refuses.
+_FAILURE_EDITS: tuple[Callable[[str], str], ...] = (
+    lambda program: "import os\n" + program,
+    lambda program: program + '\nopen("data.csv")',
+    lambda program: program + '\neval("1")',
+    lambda program: program + "\ndef broken(:",
+)
+
+
+@dataclass(frozen=True)
+class LMTarget:
+    """Canonical completions (thinking off) of the valid programs with their log R, and of
+    the declared failure programs with the judge's refusal of each."""
+
+    log_reward: dict[str, float]
+    failures: dict[str, Score]
+    scores: dict[str, Score]
+
+    @property
+    def completions(self) -> list[str]:
+        return [*self.log_reward, *self.failures]
+
+    def judge(self) -> TargetJudge:
+        return TargetJudge(self)
+
+
+class TargetJudge:
+    """The loop's judge for this job: shipped scores, the gate's refusals, and a failure
+    for any other program; no PyMC runs."""
+
+    def __init__(self, target: LMTarget) -> None:
+        self.known = {**target.scores, **target.failures}
+
+    def score_async(self, env: Env, programs: Sequence[str]) -> Future[list[Score]]:
+        outside = Score.failure("runtime", "not a program of the space (no shipped score)")
+        future: Future[list[Score]] = Future()
+        future.set_result([self.known.get(text, outside) for text in programs])
+        return future
+
+
+def failure_programs(space: ProgramSpace) -> list[str]:
+    """Canonical completions of at least four programs the real gate refuses."""
+    program = space.render(space.paths()[0])
+    return [canonical_completion(edit(program), "off") for edit in _FAILURE_EDITS]
+
+
+def space_target(space: ProgramSpace, *, temperature: float | None = None) -> LMTarget:
+    """The space's valid programs (reference: its best ELPD, so log R <= 0) and failures."""
+    shipped = load_scores(space)
+    log_reward = space_log_rewards(
+        space,
+        shipped,
+        reference_elpd=space_reference_elpd(shipped),
+        temperature=temperature or space.reward_temperature,
+    )
+    scores = dict(zip(space.completions, shipped.scores, strict=True))
+    return build_target(log_reward, scores, failure_programs(space))
+
+
+def build_target(
+    log_reward: Mapping[str, float], scores: Mapping[str, Score], failures: Sequence[str]
+) -> LMTarget:
+    """Checks every completion is canonical and every failure is refused by the gate."""
+    refused = {}
+    for text in failures:
+        verdict = prepare(text)
+        if not isinstance(verdict, Score) or verdict.ok:
+            raise ValueError(f"a declared failure program passes the judge's gate:\n{text}")
+        refused[text] = verdict
+    for text in [*log_reward, *failures]:
+        if canonical_completion(text[len("```python\n") : -len("\n```")], "off") != text:
+            raise ValueError(f"not a canonical completion:\n{text}")
+    return LMTarget(dict(log_reward), refused, dict(scores))
+
+
+@torch.no_grad()
+def measure(backend: LocalBackend, prompt_ids: Sequence[int], target: LMTarget) -> dict[str, Any]:
+    """Exact metrics of p_theta(. | valid) against p*, p(valid) and the failure masses."""
+    texts = target.completions
+    ids = [backend.tokenize_completion(text) for text in texts]
+    log_p = []
+    for start in range(0, len(ids), 8):
+        chunk = ids[start : start + 8]
+        log_p += backend.sequence_log_probs([prompt_ids] * len(chunk), chunk).tolist()
+    by_text = dict(zip(texts, log_p, strict=True))
+    valid_log_p = np.array([by_text[text] for text in target.log_reward])
+    p_valid = float(np.exp(valid_log_p).sum())
+    declared = float(sum(math.exp(by_text[text]) for text in target.failures))
+    conditional = {text: by_text[text] - math.log(p_valid) for text in target.log_reward}
+    learned_log_z = float(backend.module.log_z([backend_key(backend)]).item())
+    # exact_metrics measures |log Z' - log sum R|; the derivation's log Z is
+    # log sum R - log p(valid), so log Z + log p(valid) is compared.
+    metrics = exact_metrics(target.log_reward, conditional, learned_log_z + math.log(p_valid))
+    return {
+        "tv": metrics.tv,
+        "kl": metrics.kl,
+        "spearman": metrics.spearman,
+        "p_valid": p_valid,
+        "failure_mass_declared": declared,
+        "failure_mass_other": max(0.0, 1.0 - p_valid - declared),
+        "log_z": learned_log_z,
+        "log_z_expected": metrics.log_partition - math.log(p_valid),
+        "logz_error": metrics.logz_error,
+        "log_partition": metrics.log_partition,
+        "modes_covered": metrics.modes_covered,
+    }
+
+
+def backend_key(backend: LocalBackend) -> str:
+    return backend.module.log_z.index.keys[0]
+
+
+def job_config(
+    env_name: str, *, steps: int, sft_steps: int, max_new_tokens: int, batch_size: int = 8
+) -> Config:
+    """The loop's config for this job: TB with a learned log Z, on-policy mostly."""
+    config = Config()
+    config.env.name = env_name
+    config.policy.kind = "mock"
+    config.policy.lora_dropout = 0.0
+    config.policy.max_new_tokens = max_new_tokens
+    config.objective.loss = "tb"
+    config.objective.log_z_lr = 0.05
+    train = config.runner.train
+    train.steps = steps
+    train.learning_rate = 1e-3
+    train.replay_fraction = 0.25
+    train.checkpoint_every = max(steps, 1)
+    train.exploration.tempered_share = 0.0
+    config.sft_warmstart.nll_steps = sft_steps
+    config.sft_warmstart.show_progress = False
+    config.runner.train.batch_size = batch_size
+    config.logging.backend = "jsonl"
+    return config
+
+
+def tiny_model_folder(architecture: Mapping[str, Any] = ARCHITECTURE) -> Path:
+    """A seeded tiny Qwen3 of this architecture with the real tokenizer, cached."""
+    spec = dict(architecture)
+    return cached_model_folder(
+        "lm-exact", "qwen3", [spec, 0], lambda folder: write_mock_model(folder, spec)
+    )
+
+
+def run_lm_exact(
+    run_dir: Path,
+    env: Env,
+    target: LMTarget,
+    *,
+    steps: int,
+    sft_steps: int,
+    architecture: Mapping[str, Any] = ARCHITECTURE,
+    sft_learning_rate: float = 0.1,
+    batch_size: int = 8,
+    learning_rate: float = 0.01,
+    reward_temperature: float = 1.0,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """The supervised phase, then the GFlowNet phase; writes report.json in run_dir."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tokens = max(len(text) for text in target.completions)  # characters >= tokens
+    config = job_config(
+        env.name, steps=steps, sft_steps=sft_steps, max_new_tokens=tokens, batch_size=batch_size
+    )
+    config.seed = seed
+    # The loop's log R must be the target's: same temperature, env.reference_elpd as zero.
+    config.objective.reward.temperature = reward_temperature
+    config.output_dir = str(run_dir)
+    backend = LocalBackend(
+        tiny_model_folder(architecture),
+        policy=config.policy,
+        train=config.runner.train,
+        objective=config.objective,
+        prompt_keys=[env.name],
+        seed=seed,
+        train_base=True,
+    )
+    longest = max(len(backend.tokenize_completion(text)) for text in target.completions)
+    config.policy.max_new_tokens = backend.policy.max_new_tokens = longest + 8
+    prompt_ids = backend.render_prompt(env.render_prompt())
+    metrics = MetricsLogger(run_dir, config.logging)
+    report: dict[str, Any] = {
+        "env": env.name,
+        "valid_programs": len(target.log_reward),
+        "failure_programs": len(target.failures),
+        "architecture": dict(architecture),
+        "prompt_tokens": len(prompt_ids),
+        "longest_completion_tokens": longest,
+        "supervised_steps": sft_steps,
+        "gflownet_steps": steps,
+        "batch_size": config.runner.train.batch_size,
+    }
+    try:
+        started = time.perf_counter()
+        _set_policy_learning_rate(backend, sft_learning_rate)
+        every = [backend.tokenize_completion(text) for text in target.completions]
+        losses = supervised_phase(
+            config, backend, every, prompt_ids, metrics, show_progress=show_progress
+        )
+        report["supervised_seconds"] = time.perf_counter() - started
+        report["supervised_final_nll"] = losses[-1] if losses else None
+        report["after_supervised"] = measure(backend, prompt_ids, target)
+        _set_policy_learning_rate(backend, learning_rate)
+        log.info("after the supervised phase: %s", report["after_supervised"])
+        trainer = Trainer(
+            config,
+            env,
+            backend,
+            target.judge(),
+            build_objective(config.objective),
+            metrics,
+            run_dir,
+            to_yaml(config),
+        )
+        started = time.perf_counter()
+        with tqdm(total=steps, desc="GFlowNet phase", disable=not show_progress) as bar:
+            trainer.run(trainer.new_state(), progress=bar.update)
+        report["gflownet_seconds"] = time.perf_counter() - started
+        report["after_gflownet"] = measure(backend, prompt_ids, target)
+        log.info("after the GFlowNet phase: %s", report["after_gflownet"])
+    finally:
+        metrics.close()
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _set_policy_learning_rate(backend: LocalBackend, learning_rate: float) -> None:
+    """The supervised phase memorises a few dozen programs: it takes a larger step."""
+    for group in backend.optimizer.param_groups:
+        if group["name"] == "lora":
+            group["lr"] = learning_rate
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Runs the job on an env's program space and prints the two phases' metrics."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--env", default="surgical")
+    parser.add_argument("--steps", type=int, default=250)
+    parser.add_argument("--sft-steps", type=int, default=150)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/lm-exact"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    space = get_space(args.env)
+    shipped = load_scores(space)
+    env = dataclasses.replace(get_env(args.env), reference_elpd=space_reference_elpd(shipped))
+    report = run_lm_exact(
+        args.out,
+        env,
+        space_target(space),
+        steps=args.steps,
+        sft_steps=args.sft_steps,
+        reward_temperature=space.reward_temperature,
+        seed=args.seed,
+    )
+    for phase in ("after_supervised", "after_gflownet"):
+        print(phase, json.dumps(report[phase]))
+
+
+if __name__ == "__main__":
+    main()
