@@ -48,7 +48,7 @@ with pm.Model() as model:
     a = pm.Normal('a', 0, 5)
     b = pm.HalfNormal('b', 2)
     s = pm.HalfNormal('s', 1)
-    pm.Normal('y', a + b * np.log(data['age']), s, observed=data['length'])
+    pm.Normal('length', a + b * np.log(data['age']), s, observed=data['length'])
 """
 # The classic escape past the gate: os's globals through a subclass of object.
 ESCAPE = (

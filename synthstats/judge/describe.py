@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pymc as pm
-from pymc.model.fgraph import ModelObservedRV, ModelPotential, fgraph_from_model
+from pymc.model.fgraph import ModelNamed, ModelObservedRV, ModelPotential, fgraph_from_model
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.fg import FunctionGraph
@@ -64,7 +64,7 @@ def describe_model(model: Any, observed: Mapping[str, np.ndarray]) -> dict[str, 
                 f"pm.Potential {node.outputs[0].name!r}: potentials are not allowed; "
                 "every term of the model must be a built-in distribution",
             )
-    writer = _Writer(holders)
+    writer = _Writer(_observed_in_graph(fgraph, holders))
     description = writer.graph(fgraph)
     description["version"] = VERSION
     description["coords"] = {
@@ -79,9 +79,22 @@ def describe_model(model: Any, observed: Mapping[str, np.ndarray]) -> dict[str, 
     return description
 
 
-def _observed_holders(model: pm.Model, observed: Mapping[str, np.ndarray]) -> dict[int, str]:
-    """id of each observed value variable -> the env name of the array it holds."""
-    holders: dict[int, str] = {}
+def _observed_in_graph(fgraph: FunctionGraph, holders: dict[str, str]) -> dict[int, str]:
+    """id of each observed value variable in the graph (behind pm.Data's ModelNamed
+    wrapper) -> the env name of the array it holds."""
+    found = {}
+    for node in fgraph.apply_nodes:
+        if isinstance(node.op, ModelObservedRV) and node.outputs[0].name in holders:
+            value = node.inputs[1]
+            if value.owner is not None and isinstance(value.owner.op, ModelNamed):
+                value = value.owner.inputs[0]
+            found[id(value)] = holders[node.outputs[0].name]
+    return found
+
+
+def _observed_holders(model: pm.Model, observed: Mapping[str, np.ndarray]) -> dict[str, str]:
+    """The name of each observed variable -> the env name of the array it holds."""
+    holders: dict[str, str] = {}
     taken: dict[str, str] = {}
     for rv in model.observed_RVs:
         value = model.rvs_to_values[rv]
@@ -105,7 +118,7 @@ def _observed_holders(model: pm.Model, observed: Mapping[str, np.ndarray]) -> di
                 f"data[{names[0]!r}] is observed twice ({taken[names[0]]!r}, {rv.name!r})",
             )
         taken[names[0]] = rv.name
-        holders[id(value)] = names[0]
+        holders[rv.name] = names[0]
     missing = [name for name in observed if name not in taken]
     if missing:
         raise Failure(
@@ -157,7 +170,8 @@ class _Writer:
         if variable in self.ids:
             return self.ids[variable]
         if id(variable) in self.holders:
-            return self._add(variable, {"kind": "observed", "env_name": self.holders[id(variable)]})
+            entry = {"kind": "observed", "env_name": self.holders[id(variable)]}
+            return self._add(variable, entry | {"shared": isinstance(variable, SharedVariable)})
         if isinstance(variable.type, NoneTypeT):
             return self._add(variable, {"kind": "none"})
         if isinstance(variable.type, RandomType):

@@ -73,10 +73,24 @@ def rebuild_model(description: Any, observed: Mapping[str, np.ndarray]) -> pm.Mo
     builder.check_likelihoods(fgraph)
     fgraph._coords = _coords(description.get("coords", {}))
     fgraph._dim_lengths = builder.dim_lengths(description.get("dim_lengths", {}), fgraph._coords)
+    order = {variable.name: position for position, variable in enumerate(outputs)}
     try:
-        return model_from_fgraph(fgraph, mutate_fgraph=True)
+        model = model_from_fgraph(fgraph, mutate_fgraph=True)
     except (TypeError, ValueError, AssertionError, KeyError) as error:
         raise Forbidden(f"the described model does not assemble: {error}") from None
+    _keep_order(model, order)
+    return model
+
+
+def _keep_order(model: pm.Model, order: dict[str, int]) -> None:
+    """The program's order of variables (model_from_fgraph takes a topological one): NUTS
+    sees the same parameter vector, so an honest program keeps its seeded score."""
+    last = len(order)
+    for variables in (model.free_RVs, model.observed_RVs, model.deterministics):
+        variables.sort(key=lambda variable: order.get(variable.name, last))
+    named = sorted(model.named_vars.items(), key=lambda item: order.get(item[0], last))
+    model.named_vars.clear()
+    model.named_vars.update(named)
 
 
 class _Builder:
@@ -144,7 +158,10 @@ class _Builder:
         cast = array.astype(dtype)
         if not np.array_equal(cast, array):
             raise Failure("data_mismatch", f"data[{env_name!r}] does not fit dtype {dtype}")
-        variable = pt.constant(cast, name=_name(entry.get("name")))
+        if entry.get("shared") is True:  # a pm.Data holding it
+            variable = pytensor.shared(cast, name=_name(entry.get("name")))
+        else:
+            variable = pt.constant(cast, name=_name(entry.get("name")))
         self.observed_made[env_name] = variable
         return variable
 
@@ -264,6 +281,9 @@ class _Builder:
             if value is None:
                 raise Failure("data_mismatch", f"no observed variable holds data[{env_name!r}]")
             users = [node for node, _ in fgraph.clients.get(value, [])]
+            if len(users) == 1 and isinstance(users[0].op, ModelNamed):  # pm.Data
+                value = users[0].outputs[0]
+                users = [node for node, _ in fgraph.clients.get(value, [])]
             if (
                 len(users) != 1
                 or not isinstance(users[0].op, ModelObservedRV)

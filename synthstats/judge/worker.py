@@ -38,6 +38,7 @@ _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
 _MS_NOSUID = 2
 _MS_NODEV = 4
 _MS_REC = 0x4000
@@ -186,11 +187,12 @@ def _child(
 
 
 def _isolate(limits: dict[str, Any]) -> None:
-    """Phase 1's own user and mount namespace, with an empty size-capped tmpfs over the
-    PyTensor compile dir: nothing it compiles or plants there reaches the worker or phase 2.
+    """Phase 1's own user, mount and PID namespace, with an empty size-capped tmpfs over
+    the PyTensor compile dir: nothing it compiles or plants there reaches the worker or
+    phase 2, and it cannot name (so not signal) either of them.
     A second user namespace locks that mount, so the program cannot unmount it. Where
     user namespaces are unavailable (no bubblewrap, a locked-down kernel) the program still
-    runs, without these two walls (the README says what then remains)."""
+    runs, without these walls (the README says what then remains)."""
     compile_dir = os.environ.get("PYTENSOR_FLAGS", "").partition("base_compiledir=")[2]
     if not compile_dir or not os.path.isdir(compile_dir):
         return
@@ -199,7 +201,7 @@ def _isolate(limits: dict[str, Any]) -> None:
     # Its own /proc files must be its own to write its id maps; dumpable or not, this
     # child can reach no other process (the worker and phase 2 stay non-dumpable).
     _prctl(_PR_SET_DUMPABLE, 1)
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
         return
     _map_ids(uid, gid)
     options = f"size={limits['max_file_bytes']},mode=0700".encode()
@@ -212,6 +214,17 @@ def _isolate(limits: dict[str, Any]) -> None:
     if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
         raise OSError(ctypes.get_errno(), "could not lock the program's mounts")
     _map_ids(0, 0)
+    # The program runs as pid 1 of a PID namespace of its own: no pid it can name is the
+    # worker's or phase 2's, so it cannot signal them. This process only waits for it.
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):  # die of the same signal: the worker reads it
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            os.kill(os.getpid(), os.WTERMSIG(status))
+        os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _map_ids(uid: int, gid: int) -> None:
