@@ -97,7 +97,10 @@ def test_data_mismatch(likelihood):
     [
         ("pm.Normal('length', mu=data['length'], sigma=s, observed=data['length'])", ""),
         ("pm.Normal('length', a * data['length'], s, observed=data['length'])", ""),
-        ("pm.Normal('length', a + z, s, observed=data['length'])", "z = (data['length'] - 2) / 3\n"),
+        (
+            "pm.Normal('length', a + z, s, observed=data['length'])",
+            "z = (data['length'] - 2) / 3\n",
+        ),
         (
             "pm.Normal('length', pm.math.concatenate([[2.0], lag]) * a, s, observed=data['length'])",
             "lag = data['length'][:-1]\n",

@@ -16,7 +16,6 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 import pytest
-from pymc.model.fgraph import fgraph_from_model
 from pytensor.compile.ops import as_op
 from scipy.optimize import minimize_scalar
 from scipy.stats import binom
@@ -28,7 +27,7 @@ from synthstats.judge.contract import check_contract
 from synthstats.judge.describe import describe_model
 from synthstats.judge.rebuild import rebuild_model
 from synthstats.judge.runner import describe_source
-from synthstats.judge.sandbox import SandboxedWorker
+from synthstats.judge.sandbox import SandboxedWorker, bwrap_works
 from synthstats.judge.score import Failure
 
 DUGONGS = get_env("dugongs")
@@ -217,8 +216,12 @@ def _deep(description: dict) -> None:
                 {"scalar_op": {"scalar_op": "builtins.exec"}}
             ),
         ),
-        ("potential node", lambda d: _node(d, "ModelFreeRV")["op"].update(
-            {"class": "pymc.model.fgraph.ModelPotential", "props": {}})),
+        (
+            "potential node",
+            lambda d: _node(d, "ModelFreeRV")["op"].update(
+                {"class": "pymc.model.fgraph.ModelPotential", "props": {}}
+            ),
+        ),
         (
             "foreign transform",
             lambda d: _node(d, "ModelFreeRV")["op"].update(
@@ -228,12 +231,17 @@ def _deep(description: dict) -> None:
         ("version", lambda d: d.update({"version": 99})),
         ("dangling reference", lambda d: d["nodes"][0]["inputs"].append(10**6)),
         ("huge graph", _huge),
-        ("object constant", lambda d: next(
-            v for v in d["variables"] if v["kind"] == "constant"
-        )["data"].update({"dtype": "object"})),
+        (
+            "object constant",
+            lambda d: next(v for v in d["variables"] if v["kind"] == "constant")["data"].update(
+                {"dtype": "object"}
+            ),
+        ),
         ("observed reused as a mean", _replace_constant_input_with_observed),
-        ("unknown observed name", lambda d: d["variables"][_observed_index(d)].update(
-            {"env_name": "age"})),
+        (
+            "unknown observed name",
+            lambda d: d["variables"][_observed_index(d)].update({"env_name": "age"}),
+        ),
     ],
 )
 def test_forged_descriptions_are_refused(name, change):
@@ -265,19 +273,20 @@ def test_honest_description_rebuilds_the_same_model():
 
 
 @pytest.mark.parametrize("name", env_names())
-def test_every_reference_round_trips_with_equal_logp(name):
+def test_every_reference_round_trips_to_the_same_description(name):
+    """describe(rebuild(d)) == d: the rebuilt graph is the program's, op for op and constant
+    for constant (no compile needed; test_honest_description_... checks one logp)."""
     env = get_env(name)
     observed = {key: np.asarray(env.data[key]) for key in env.observed}
     described = describe_source(env.reference_program, env.data, tuple(env.observed))
     assert described["ok"], described
     rebuilt = phase_two(described["description"], observed)
-    from synthstats.judge.runner import run_program
+    assert _plain_json(describe_model(rebuilt, observed)) == _plain_json(described["description"])
 
-    original = run_program(env.reference_program, env.data)
-    point = original.initial_point()
-    assert rebuilt.initial_point().keys() == point.keys()
-    expected = original.compile_logp(mode="FAST_COMPILE")(point)
-    assert rebuilt.compile_logp(mode="FAST_COMPILE")(point) == pytest.approx(expected)
+
+def _plain_json(description: dict) -> dict:
+    """Names of value variables aside (PyMC renames nothing, but keep the test honest)."""
+    return json.loads(json.dumps(description))
 
 
 @pytest.mark.parametrize(
@@ -292,11 +301,9 @@ def test_symbolic_random_variables_rebuild_from_their_family_name(family):
     with pm.Model() as model:
         scale = family()
         pm.Normal("length", 2.3, scale, observed=LENGTH)
-    rebuilt = phase_two(describe_model(model, OBSERVED))
-    point = model.initial_point()
-    expected = model.compile_logp(mode="FAST_COMPILE")(point)
-    assert rebuilt.compile_logp(mode="FAST_COMPILE")(point) == pytest.approx(expected)
-    assert fgraph_from_model(rebuilt)  # a well-formed model
+    described = describe_model(model, OBSERVED)
+    rebuilt = phase_two(described)
+    assert _plain_json(describe_model(rebuilt, OBSERVED)) == _plain_json(described)
 
 
 # -- data leaks ---------------------------------------------------------------------------
@@ -361,7 +368,9 @@ def test_honest_near_fit_with_a_fixed_rate_passes():
     """death_process with its rate fixed at the maximum-likelihood value: no prior draws,
     correlated with the data, still honest."""
     env = get_env("death_process")
-    time, population, infected = (np.asarray(env.data[k]) for k in ("time", "population", "infected"))
+    time, population, infected = (
+        np.asarray(env.data[k]) for k in ("time", "population", "infected")
+    )
 
     def loss(theta: float) -> float:
         return -binom.logpmf(infected, population, 1 - np.exp(-theta * time)).sum()
@@ -374,42 +383,41 @@ def test_honest_near_fit_with_a_fixed_rate_passes():
     assert _prior_lppd_refusal(model, env) == "ok"
 
 
-def test_every_reference_passes_the_leak_checks():
-    for name in env_names():
-        env = get_env(name)
-        observed = {key: np.asarray(env.data[key]) for key in env.observed}
-        described = describe_source(env.reference_program, env.data, tuple(env.observed))
-        model = rebuild_model(described["description"], observed)
-        check_contract(model, observed)
-        leaks.check_leaks(model, observed, env.reference_elpd, seed=0)
+@pytest.mark.parametrize("name", ["irt", "death_process", "dugongs"])
+def test_references_pass_the_leak_checks(name):
+    """irt's prior comes closest to its reference ELPD of all 256 shipped programs (the
+    README has the full check, run by hand)."""
+    env = get_env(name)
+    observed = {key: np.asarray(env.data[key]) for key in env.observed}
+    described = describe_source(env.reference_program, env.data, tuple(env.observed))
+    model = rebuild_model(described["description"], observed)
+    check_contract(model, observed)
+    leaks.check_leaks(model, observed, env.reference_elpd, seed=0)
 
 
 # -- through a worker -----------------------------------------------------------------------
 
 CFG = JudgeConfig(name="redteam", draws=100, tune=100, chains=2, timeout_s=150, memory_mb=3072)
-FRAME = (
-    "def climb():\n"
-    "    yield walker.gi_frame.f_back\n"
-    "walker = climb()\n"
-    "frame = next(walker)\n"
-)
-TAMPERING = HONEST + (
-    # every Normal's logp gains 5 in this process
-    "class Boosted(pm.Normal):\n"
-    "    def logp(value, mu, sigma):\n"
-    "        return pm.logp(pm.Normal.dist(mu, sigma), value) + 5\n"
-    # LOO on the negative-log scale
-    "pm.backends.arviz.rcParams['stats.ic_scale'] = 'negative_log'\n"
-    # the frame escape: the runner's globals, summarise_fit replaced
-    + FRAME
-    + "while 'summarise_fit' not in frame.f_globals:\n"
-    "    frame = frame.f_back\n"
-    "frame.f_globals['summarise_fit'] = lambda *args: {'elpd_loo': 1e6}\n"
-    "frame.f_globals['_SAMPLE'] = lambda *args, **kwargs: None\n"
+FRAME = "def climb():\n    yield walker.gi_frame.f_back\nwalker = climb()\nframe = next(walker)\n"
+TAMPERING = (
+    HONEST
+    + (
+        # every Normal's logp gains 5 in this process
+        "class Boosted(pm.Normal):\n"
+        "    def logp(value, mu, sigma):\n"
+        "        return pm.logp(pm.Normal.dist(mu, sigma), value) + 5\n"
+        # LOO on the negative-log scale
+        "pm.backends.arviz.rcParams['stats.ic_scale'] = 'negative_log'\n"
+        # the frame escape: the runner's globals, summarise_fit replaced
+        + FRAME
+        + "while 'summarise_fit' not in frame.f_globals:\n"
+        "    frame = frame.f_back\n"
+        "frame.f_globals['summarise_fit'] = lambda *args: {'elpd_loo': 1e6}\n"
+        "frame.f_globals['_SAMPLE'] = lambda *args, **kwargs: None\n"
+    )
 )
 FORGING = (
-    FRAME
-    + "while frame.f_code.co_name != '_child':\n"
+    FRAME + "while frame.f_code.co_name != '_child':\n"
     "    frame = frame.f_back\n"
     "fd = frame.f_locals['result_fd']\n"
     "frame.f_globals['os'].write(fd, b'{\"ok\": true, \"elpd_loo\": 1000000.0}')\n"
@@ -427,6 +435,7 @@ KILLING = FRAME + (
 )
 
 
+@pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot run here")
 def test_tampering_in_phase_one_does_not_reach_the_score():
     """Global patches, a frame escape and a forged verdict stay in the program's child;
     the honest program scores the same before and after on the same worker."""
@@ -438,7 +447,9 @@ def test_tampering_in_phase_one_does_not_reach_the_score():
         forged = worker.score(FORGING, DUGONGS)
         assert forged.error_kind == "crashed" and "malformed" in forged.message, forged
         custom = "import pymc as pm\nwith pm.Model() as model:\n    a = pm.Normal('a', 2, 1)\n"
-        custom += "    pm.CustomDist('length', a, logp=lambda v, m: 0 * v, observed=data['length'])\n"
+        custom += (
+            "    pm.CustomDist('length', a, logp=lambda v, m: 0 * v, observed=data['length'])\n"
+        )
         refused = worker.score(custom, DUGONGS)
         assert refused.error_kind == "forbidden_model", refused
         killing = worker.score(KILLING, DUGONGS)  # no pid it can name is the worker's

@@ -212,7 +212,8 @@ def test_containment_behind_the_gate(worker, good_score, canaries, host_secret_f
             "runtime",
         ),
         ("fork_bomb", ESCAPE + "while True:\n    g['fork']()\n", "runtime"),
-        ("kill_worker", ESCAPE + "g['kill'](g['getppid'](), 9)\n", "crashed"),
+        # in its own PID namespace the program cannot name its parent: it lives on
+        ("kill_worker", ESCAPE + "g['kill'](g['getppid'](), 9)\n", "no_model"),
     ]
     try:
         for name, program, kind in cases:

@@ -176,7 +176,9 @@ def _dimshuffle(props: dict[str, Any]) -> DimShuffle:
     if not isinstance(order, list) or len(order) > 32:
         raise Forbidden("DimShuffle new_order must be a short list")
     entries = tuple(entry if entry == "x" else check_int(entry, "new_order") for entry in order)
-    return DimShuffle(input_ndim=check_int(props.get("input_ndim"), "input_ndim"), new_order=entries)
+    return DimShuffle(
+        input_ndim=check_int(props.get("input_ndim"), "input_ndim"), new_order=entries
+    )
 
 
 def _reduction(cls: type) -> Callable[[dict[str, Any]], Any]:

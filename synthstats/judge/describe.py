@@ -164,7 +164,11 @@ class _Writer:
             inner = self.graph(fgraph)
         finally:
             self.ids = outer
-        return {"inner_inputs": inputs, "inner_nodes": inner["nodes"], "inner_outputs": inner["outputs"]}
+        return {
+            "inner_inputs": inputs,
+            "inner_nodes": inner["nodes"],
+            "inner_outputs": inner["outputs"],
+        }
 
     def _input(self, variable: Variable) -> int:
         if variable in self.ids:

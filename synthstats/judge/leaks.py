@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import arviz as az
 import numpy as np
 import pymc as pm
 from pytensor.compile.sharedvalue import SharedVariable
@@ -31,6 +30,7 @@ from pytensor.graph import ancestors
 from pytensor.graph.basic import Constant
 from scipy.special import logsumexp
 
+from synthstats.judge.loglik import PointwiseLogLikelihood
 from synthstats.judge.score import Failure
 
 LEAK_TOLERANCE = 1e-3
@@ -46,8 +46,10 @@ def check_leaks(
     observed: Mapping[str, np.ndarray],
     reference_elpd: float | None,
     seed: int,
+    loglik: PointwiseLogLikelihood | None = None,
 ) -> None:
-    """Raises Failure("data_leak") when the model holds a copy of the observed data."""
+    """Raises Failure("data_leak") when the model holds a copy of the observed data.
+    `loglik` (compiled here when not given) serves the prior rule."""
     constants = _constants(model)
     for name, array in observed.items():
         values = np.asarray(array, dtype=float).ravel()
@@ -67,34 +69,39 @@ def check_leaks(
                 "(at 6 significant digits); observed data may only be observed",
             )
     if reference_elpd is not None:
-        _check_prior(model, observed, reference_elpd, seed)
+        if loglik is None:
+            loglik = PointwiseLogLikelihood(model, [rv.name for rv in model.observed_RVs])
+        _check_prior(model, observed, reference_elpd, seed, loglik)
 
 
-def prior_lppd(model: pm.Model, observed_names: list[str], seed: int) -> float:
+def prior_lppd(model: pm.Model, loglik: PointwiseLogLikelihood, seed: int) -> float:
     """sum_i log mean_s p(y_i | theta_s) over prior draws theta_s."""
     free = [rv.name for rv in model.free_RVs]
     prior = pm.sample_prior_predictive(
         draws=PRIOR_DRAWS, model=model, var_names=free, random_seed=seed
     )
-    idata = az.InferenceData(posterior=prior.prior)
-    pm.compute_log_likelihood(idata, var_names=observed_names, model=model, progressbar=False)
+    pointwise_by_name = loglik.dataset(prior.prior)
     total = 0.0
-    for name in observed_names:
-        pointwise = np.asarray(idata.log_likelihood[name])
+    for name in loglik.names:
+        pointwise = np.asarray(pointwise_by_name[name])
         pointwise = pointwise.reshape(-1, pointwise[0, 0].size)
+        pointwise = np.where(np.isnan(pointwise), -np.inf, pointwise)  # invalid draws
         with np.errstate(all="ignore"):
             total += float(np.sum(logsumexp(pointwise, axis=0) - np.log(pointwise.shape[0])))
     return total
 
 
 def _check_prior(
-    model: pm.Model, observed: Mapping[str, np.ndarray], reference_elpd: float, seed: int
+    model: pm.Model,
+    observed: Mapping[str, np.ndarray],
+    reference_elpd: float,
+    seed: int,
+    loglik: PointwiseLogLikelihood,
 ) -> None:
-    names = [rv.name for rv in model.observed_RVs]
     if not model.free_RVs:
-        lppd = float(sum(model.compile_logp(vars=model.observed_RVs)({})))
+        lppd = float(sum(np.sum(values) for values in loglik.function({})))
     else:
-        lppd = prior_lppd(model, names, seed)
+        lppd = prior_lppd(model, loglik, seed)
     count = sum(np.size(array) for array in observed.values())
     limit = reference_elpd + PRIOR_MARGIN * count
     if np.isfinite(lppd) and lppd > limit:

@@ -40,7 +40,7 @@ def summarise_fit(idata: Any, observed_names: Sequence[str]) -> dict[str, Any]:
     var_name = _pointwise_variable(idata, observed_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fields = loo_fields(az.loo(idata, var_name=var_name, pointwise=True))
+        fields = loo_fields(az.loo(idata, var_name=var_name, pointwise=True, scale="log"))
         mcse = _batch_mcse(idata, var_name)
         rhat = az.rhat(idata.posterior)
     return {
@@ -80,7 +80,7 @@ def _batch_mcse(idata: Any, var_name: str) -> float | None:
     for chain in range(n_chains):
         for start in range(0, size * _BATCHES_PER_CHAIN, size):
             batch = idata.isel(chain=[chain], draw=slice(start, start + size))
-            estimates.append(loo_fields(az.loo(batch, var_name=var_name))["elpd"])
+            estimates.append(loo_fields(az.loo(batch, var_name=var_name, scale="log"))["elpd"])
     if len(estimates) < 2 or not np.all(np.isfinite(estimates)):
         return None
     return float(np.std(estimates, ddof=1) / np.sqrt(len(estimates)))

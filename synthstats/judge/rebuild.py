@@ -111,9 +111,9 @@ class _Builder:
         if type(index) is not int or not 0 <= index < len(self.entries):
             raise Forbidden(f"variable reference {index!r} is out of range")
         entry = self.entries[index]
-        if self.scopes and index not in self.scopes[-1]:
-            if not (isinstance(entry, dict) and entry.get("kind") in ("constant", "none")):
-                raise Forbidden("a Scan's inner graph uses a variable from outside it")
+        outside = self.scopes and index not in self.scopes[-1]
+        if outside and not (isinstance(entry, dict) and entry.get("kind") in ("constant", "none")):
+            raise Forbidden("a Scan's inner graph uses a variable from outside it")
         if index not in self.made:
             self.made[index] = self._leaf(index, self.entries[index])
         return self.made[index]
@@ -196,8 +196,16 @@ class _Builder:
             if len(indices) != len(outputs):
                 raise Forbidden(f"{_class(node)} makes {len(outputs)} outputs, not {len(indices)}")
             for index, output in zip(indices, outputs, strict=True):
-                entry = self.entries[index] if type(index) is int and index < len(self.entries) else None
-                if not isinstance(entry, dict) or entry.get("kind") != "output" or index in self.made:
+                entry = (
+                    self.entries[index]
+                    if type(index) is int and index < len(self.entries)
+                    else None
+                )
+                if (
+                    not isinstance(entry, dict)
+                    or entry.get("kind") != "output"
+                    or index in self.made
+                ):
                     raise Forbidden(f"output reference {index!r} is not a fresh output variable")
                 if (name := _name(entry.get("name"))) is not None:
                     output.name = name
@@ -258,7 +266,9 @@ class _Builder:
             raise Forbidden(f"Scans nested over {_MAX_SCAN_DEPTH} deep")
         indices = _list(op.get("inner_inputs"), "inner inputs")
         for index in indices:
-            entry = self.entries[index] if type(index) is int and index < len(self.entries) else None
+            entry = (
+                self.entries[index] if type(index) is int and index < len(self.entries) else None
+            )
             if not isinstance(entry, dict) or entry.get("kind") != "inner" or index in self.made:
                 raise Forbidden("a Scan's inner inputs must be fresh inner variables")
         self.scopes.append(set(indices))
@@ -269,7 +279,9 @@ class _Builder:
         finally:
             self.scopes.pop()
         truncate = check_int(op.get("truncate_gradient"), "truncate_gradient")
-        scan = Scan(inner_inputs, inner_outputs, scan_info(op.get("info")), truncate_gradient=truncate)
+        scan = Scan(
+            inner_inputs, inner_outputs, scan_info(op.get("info")), truncate_gradient=truncate
+        )
         return scan.make_node(*inputs).outputs
 
     def check_likelihoods(self, fgraph: FunctionGraph) -> None:
@@ -306,12 +318,18 @@ class _Builder:
                     f"data[{env_name!r}] is observed by {holder.name!r}; name the "
                     f"likelihood {env_name!r}",
                 )
+        observed_values = set(self.observed_made.values())
         for variable in outputs:
-            if variable.owner is not None and isinstance(variable.owner.op, ModelObservedRV):
-                if not any(variable.owner.inputs[1] is v for v in self.observed_made.values()):
-                    raise Failure(
-                        "data_mismatch", f"observed variable {variable.name!r} holds other data"
-                    )
+            node = variable.owner
+            if node is None or not isinstance(node.op, ModelObservedRV):
+                continue
+            value = node.inputs[1]
+            if value.owner is not None and isinstance(value.owner.op, ModelNamed):
+                value = value.owner.inputs[0]
+            if value not in observed_values:
+                raise Failure(
+                    "data_mismatch", f"observed variable {variable.name!r} holds other data"
+                )
 
     def dim_lengths(self, lengths: Any, coords: dict[str, Any]) -> dict[str, Variable]:
         if not isinstance(lengths, dict):

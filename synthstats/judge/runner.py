@@ -36,13 +36,13 @@ from synthstats.judge.gate import (
     import_allowed,
 )
 from synthstats.judge.leaks import check_leaks
+from synthstats.judge.loglik import PointwiseLogLikelihood
 from synthstats.judge.loo import summarise_fit
 from synthstats.judge.rebuild import rebuild_model
 from synthstats.judge.score import Failure
 
 _MESSAGE_CHARS = 400
 _SAMPLE = pm.sample
-_LOG_LIKELIHOOD = pm.compute_log_likelihood
 # What a program may call but the judge neutralises: sampling is the judge's, not the program's.
 _SAMPLING_FUNCTIONS = (
     pm.sample,
@@ -126,12 +126,17 @@ def score_description(
             warnings.simplefilter("ignore")
             model = rebuild_model(description, arrays)
             holders = check_contract(model, arrays)
-            check_leaks(model, arrays, reference_elpd, budget.seed)
-        fit = _fit(model, [holders[name] for name in observed], budget)
+            loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed])
+            check_leaks(model, arrays, reference_elpd, budget.seed, loglik)
+        fit = _fit(model, loglik, budget)
     except Failure as failure:
         return {"ok": False, "error_kind": failure.kind, "message": failure.message}
     except RecursionError:
-        return {"ok": False, "error_kind": "forbidden_model", "message": "the description nests too deep"}
+        return {
+            "ok": False,
+            "error_kind": "forbidden_model",
+            "message": "the description nests too deep",
+        }
     return {"ok": True, **fit}
 
 
@@ -165,7 +170,7 @@ def run_program(source: str, data: Mapping[str, np.ndarray]) -> pm.Model:
     return model
 
 
-def _fit(model: pm.Model, observed_names: list[str], budget: Budget) -> dict[str, Any]:
+def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -180,8 +185,8 @@ def _fit(model: pm.Model, observed_names: list[str], budget: Budget) -> dict[str
                 compute_convergence_checks=False,
                 model=model,
             )
-            _LOG_LIKELIHOOD(idata, var_names=observed_names, model=model, progressbar=False)
-        fit = summarise_fit(idata, observed_names)
+            loglik.add_to(idata)
+        fit = summarise_fit(idata, loglik.names)
     except MemoryError:
         raise Failure("memory", "ran out of memory while sampling") from None
     except Exception as error:

@@ -225,6 +225,7 @@ def _isolate(limits: dict[str, Any]) -> None:
             os.kill(os.getpid(), os.WTERMSIG(status))
         os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
     _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgid(0, 0)  # kill(0, ...) then reaches only itself; the worker reaps it as subreaper
 
 
 def _map_ids(uid: int, gid: int) -> None:
