@@ -391,10 +391,10 @@ def test_honest_near_fit_with_a_fixed_rate_passes():
     assert _prior_lppd_refusal(model, env) == "ok"
 
 
-@pytest.mark.parametrize("name", ["irt", "death_process", "dugongs"])
+@pytest.mark.parametrize("name", ["survival_analysis", "irt", "death_process", "dugongs"])
 def test_references_pass_the_leak_checks(name):
-    """irt's prior comes closest to its reference ELPD of all 256 shipped programs (the
-    README has the full check, run by hand)."""
+    """survival_analysis's and irt's priors come closest to their reference ELPDs of all
+    256 shipped programs (the README has the full check, run by hand)."""
     env = get_env(name)
     observed = {key: np.asarray(env.data[key]) for key in env.observed}
     described = describe_source(env.reference_program, env.data, tuple(env.observed))
@@ -442,6 +442,15 @@ KILLING = FRAME + (
     "        pass\n"
 )
 
+PLANTING = FRAME + (
+    "while frame.f_code.co_name != '_child':\n"
+    "    frame = frame.f_back\n"
+    "os = frame.f_globals['os']\n"
+    "folder = os.environ['PYTENSOR_FLAGS'].partition('base_compiledir=')[2]\n"
+    "fd = os.open(folder + '/planted.pkl', os.O_CREAT | os.O_WRONLY)\n"
+    "os.write(fd, b'poison')\n"
+)
+
 
 @pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot run here")
 def test_tampering_in_phase_one_does_not_reach_the_score():
@@ -462,5 +471,8 @@ def test_tampering_in_phase_one_does_not_reach_the_score():
         assert refused.error_kind == "forbidden_model", refused
         killing = worker.score(KILLING, DUGONGS)  # no pid it can name is the worker's
         assert killing.error_kind == "no_model", killing
+        planted = worker.score(PLANTING, DUGONGS)  # into its own tmpfs, gone with it
+        assert planted.error_kind == "no_model", planted
+        assert not (worker._work_dir / "pytensor" / "planted.pkl").exists()
         after = worker.score(HONEST, DUGONGS)
         assert after.ok and after.elpd_loo == before.elpd_loo, after

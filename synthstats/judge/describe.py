@@ -40,7 +40,7 @@ from synthstats.judge.score import Failure
 VERSION = 1
 # Refused as `forbidden_model` before phase 2: a bigger model cannot be sampled in budget.
 MAX_NODES = 20_000
-MAX_CONSTANT_VALUES = 2_000_000
+MAX_CONSTANT_VALUES = 1_000_000
 
 
 def describe_model(model: Any, observed: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -44,8 +44,9 @@ _MS_NODEV = 4
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 _MAX_RESULT_BYTES = 1 << 20
-# A model description: constants are capped in describe.py, this bounds the rest.
-_MAX_DESCRIPTION_BYTES = 64 << 20
+# A model description (parsed in the worker, whose memory is not limited): its constants
+# are capped in describe.py, this bounds the rest.
+_MAX_DESCRIPTION_BYTES = 16 << 20
 _MESSAGE_CHARS = 400
 # What phase 1 may fail with; scores and sampling failures come from phase 2 only.
 _PHASE_ONE_KINDS = frozenset(
@@ -300,7 +301,7 @@ def _verdict(status: int, result: bytes, output: bytes, limits: dict[str, Any]) 
             return verdict
         try:  # several verdicts: copies of the child, made by a program that forked
             json.JSONDecoder().raw_decode(result.decode())
-        except ValueError:
+        except (ValueError, RecursionError):
             return _failure("crashed", "the child sent a malformed result")
         return _failure("runtime", "the program forked: several processes reported a verdict")
     if os.WIFSIGNALED(status):
