@@ -152,6 +152,13 @@ def test_a_model_subclass_is_refused():
     assert refused.value.kind == "forbidden_model"
 
 
+def test_initial_values_are_dropped_not_refused():
+    with pm.Model() as model:
+        a = pm.Normal("a", 2.3, 1.0, initval=2.0)
+        pm.Normal("length", a, 0.3, observed=LENGTH)
+    assert [rv.name for rv in phase_two(describe_model(model, OBSERVED)).free_RVs] == ["a"]
+
+
 def _forge(change) -> tuple[str, str]:
     description = copy.deepcopy(honest_description())
     change(description)

@@ -53,6 +53,10 @@ def describe_model(model: Any, observed: Mapping[str, np.ndarray]) -> dict[str, 
             "subclass; build a plain pm.Model",
         )
     holders = _observed_holders(model, observed)
+    # Starting values are the sampler's business, not the model's: the judge starts every
+    # program from PyMC's default initial point.
+    for rv in model.rvs_to_initial_values:
+        model.rvs_to_initial_values[rv] = None
     try:
         fgraph, _ = fgraph_from_model(model)
     except (NotImplementedError, ValueError) as error:
