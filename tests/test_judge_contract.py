@@ -102,7 +102,8 @@ def test_data_mismatch(likelihood):
             "z = (data['length'] - 2) / 3\n",
         ),
         (
-            "pm.Normal('length', pm.math.concatenate([[2.0], lag]) * a, s, observed=data['length'])",
+            "pm.Normal('length', pm.math.concatenate([[2.0], lag]) * a, s, "
+            "observed=data['length'])",
             "lag = data['length'][:-1]\n",
         ),
         (
