@@ -188,6 +188,12 @@ def _replace_constant_input_with_observed(description: dict) -> None:
     raise AssertionError("no constant input of the data's size")
 
 
+def _value_from_another_variable(description: dict) -> None:
+    """A free variable whose value is another variable's output: a Potential in disguise."""
+    free = [n for n in description["nodes"] if n["op"]["class"].endswith("ModelFreeRV")]
+    free[1]["inputs"][1] = free[0]["outputs"][0]
+
+
 def _huge(description: dict) -> None:
     description["nodes"] = description["nodes"] * 5000
 
@@ -236,6 +242,7 @@ def _deep(description: dict) -> None:
             ),
         ),
         ("version", lambda d: d.update({"version": 99})),
+        ("computed value", _value_from_another_variable),
         ("dangling reference", lambda d: d["nodes"][0]["inputs"].append(10**6)),
         ("huge graph", _huge),
         (

@@ -71,6 +71,7 @@ def rebuild_model(description: Any, observed: Mapping[str, np.ndarray]) -> pm.Mo
     except Exception as error:
         raise Forbidden(f"the described model does not assemble: {_error(error)}") from None
     builder.check_likelihoods(fgraph)
+    builder.check_values(fgraph)
     fgraph._coords = _coords(description.get("coords", {}))
     fgraph._dim_lengths = builder.dim_lengths(description.get("dim_lengths", {}), fgraph._coords)
     order = {variable.name: position for position, variable in enumerate(outputs)}
@@ -104,6 +105,8 @@ class _Builder:
         self.made: dict[int, Variable] = {}
         self.observed_made: dict[str, Variable] = {}
         self.values = 0
+        # The free variables' value inputs: each must be the value of one free variable.
+        self.value_inputs: list[Variable] = []
         # Inside a Scan: the indices its inner graph may use (its own, and constants).
         self.scopes: list[set[int]] = []
 
@@ -140,7 +143,11 @@ class _Builder:
             if isinstance(value, str):
                 raise Forbidden("a shared string in the model")
             return pytensor.shared(value, name=name)
-        if kind in ("input", "inner"):
+        if kind == "input":
+            variable = _variable_of(entry.get("type"), name)
+            self.value_inputs.append(variable)
+            return variable
+        if kind == "inner":
             return _variable_of(entry.get("type"), name)
         if kind == "output":
             raise Forbidden(f"variable {index} is used before the node that makes it")
@@ -330,6 +337,18 @@ class _Builder:
                 raise Failure(
                     "data_mismatch", f"observed variable {variable.name!r} holds other data"
                 )
+
+    def check_values(self, fgraph: FunctionGraph) -> None:
+        """A free variable's value is a fresh input used by it alone: a value computed from
+        other parameters would add a logp term on them, a Potential in disguise."""
+        inputs = set(self.value_inputs)
+        for variable in self.value_inputs:
+            users = [node for node, _ in fgraph.clients.get(variable, [])]
+            if len(users) != 1 or not isinstance(users[0].op, ModelFreeRV):
+                raise Forbidden(f"value input {variable.name!r} is not one free variable's value")
+        for node in fgraph.apply_nodes:
+            if isinstance(node.op, ModelFreeRV) and node.inputs[1] not in inputs:
+                raise Forbidden(f"free variable {node.outputs[0].name!r} has a computed value")
 
     def dim_lengths(self, lengths: Any, coords: dict[str, Any]) -> dict[str, Variable]:
         if not isinstance(lengths, dict):
