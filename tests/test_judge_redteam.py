@@ -477,6 +477,9 @@ def test_tampering_in_phase_one_does_not_reach_the_score():
         assert tampered.ok and tampered.elpd_loo == before.elpd_loo, tampered
         forged = worker.score(FORGING, DUGONGS)
         assert forged.error_kind == "crashed" and "malformed" in forged.message, forged
+        odd_kind = FORGING.replace('"ok": true', '"ok": false, "error_kind": [1]')
+        odd = worker.score(odd_kind, DUGONGS)
+        assert odd.error_kind == "crashed" and "malformed" in odd.message, odd
         custom = "import pymc as pm\nwith pm.Model() as model:\n    a = pm.Normal('a', 2, 1)\n"
         custom += (
             "    pm.CustomDist('length', a, logp=lambda v, m: 0 * v, observed=data['length'])\n"

@@ -130,7 +130,12 @@ def _phase_one_verdict(verdict: dict[str, Any]) -> dict[str, Any]:
     if verdict.get("ok") is True and isinstance(verdict.get("description"), dict):
         return {"description": verdict["description"]}
     kind, message = verdict.get("error_kind"), verdict.get("message")
-    if verdict.get("ok") is False and kind in _PHASE_ONE_KINDS and isinstance(message, str):
+    if (
+        verdict.get("ok") is False
+        and isinstance(kind, str)
+        and kind in _PHASE_ONE_KINDS
+        and isinstance(message, str)
+    ):
         return _failure(kind, message[:_MESSAGE_CHARS])
     return _failure("crashed", "the program's child sent a malformed result")
 
