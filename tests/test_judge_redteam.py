@@ -275,6 +275,9 @@ def test_deeply_nested_description_is_refused_without_crashing():
     budget = Budget(draws=10, tune=10, chains=1, target_accept=0.9, seed=0)
     result = score_description(description, DUGONGS.data, ("length",), budget)
     assert result["error_kind"] == "forbidden_model", result
+    text = '{"version": 1, "nodes": ' + "[" * 100_000 + "]" * 100_000 + "}"  # as phase 1 sends
+    result = score_description(text, DUGONGS.data, ("length",), budget)
+    assert result["error_kind"] == "forbidden_model", result
 
 
 def test_honest_description_rebuilds_the_same_model():

@@ -119,11 +119,17 @@ def score_description(
     reference_elpd: float | None = None,
 ) -> dict[str, Any]:
     """Phase 2 (trusted, no program code here): validate and rebuild the described model
-    with the env's observed arrays, refuse leaks, sample with the judge's budget, LOO."""
+    (a dict, or its JSON text) with the env's observed arrays, refuse leaks, sample with the
+    judge's budget, LOO."""
     arrays = {name: np.asarray(data[name]) for name in observed}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            if isinstance(description, str):
+                try:
+                    description = json.loads(description)
+                except ValueError:
+                    raise Failure("forbidden_model", "the description is not JSON") from None
             model = rebuild_model(description, arrays)
             holders = check_contract(model, arrays)
             loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed])

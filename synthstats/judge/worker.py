@@ -44,8 +44,8 @@ _MS_NODEV = 4
 _MS_REC = 0x4000
 _MS_PRIVATE = 1 << 18
 _MAX_RESULT_BYTES = 1 << 20
-# A model description (parsed in the worker, whose memory is not limited): its constants
-# are capped in describe.py, this bounds the rest.
+# A model description, a JSON string the worker passes on unparsed: its constants are
+# capped in describe.py, this bounds the rest.
 _MAX_DESCRIPTION_BYTES = 16 << 20
 _MESSAGE_CHARS = 400
 # What phase 1 may fail with; scores and sampling failures come from phase 2 only.
@@ -127,7 +127,7 @@ def _in_child(
 def _phase_one_verdict(verdict: dict[str, Any]) -> dict[str, Any]:
     """What phase 1 may say: a description, or a failure of a phase-1 kind. Anything else
     (a forged score, say) is a malformed result."""
-    if verdict.get("ok") is True and isinstance(verdict.get("description"), dict):
+    if verdict.get("ok") is True and isinstance(verdict.get("description"), str):
         return {"description": verdict["description"]}
     kind, message = verdict.get("error_kind"), verdict.get("message")
     if (
@@ -145,7 +145,10 @@ def _describe_phase(request: dict[str, Any]) -> dict[str, Any]:
     _isolate(request["limits"])
     from synthstats.judge.runner import describe_source
 
-    return describe_source(request["source"], request["data"], tuple(request["observed"]))
+    result = describe_source(request["source"], request["data"], tuple(request["observed"]))
+    if result["ok"]:  # one string to the worker: phase 2 parses it, under its own limits
+        result["description"] = json.dumps(result["description"])
+    return result
 
 
 def _score_phase(request: dict[str, Any]) -> dict[str, Any]:
