@@ -16,7 +16,7 @@ with pm.Model() as model:
     a = pm.Normal('a', 0, 5)
     b = pm.HalfNormal('b', 2)
     s = pm.HalfNormal('s', 1)
-    pm.Normal('y', a + b * np.log(data['age']), s, observed=data['length'])
+    pm.Normal('length', a + b * np.log(data['age']), s, observed=data['length'])
 """
 FIELDS = {"file", "ok", "error_kind", "message", "elpd_loo", "se", "p_loo", "pareto_k_max"}
 FIELDS |= {"divergences", "log_reward", "seconds", "cached"}

@@ -24,7 +24,7 @@ GOOD = HEADER + (
     "    a = pm.Normal('a', 0, 5)\n"
     "    b = pm.HalfNormal('b', 2)\n"
     "    s = pm.HalfNormal('s', 1)\n"
-    "    pm.Normal('y', a + b * np.log(data['age']), s, observed=data['length'])\n"
+    "    pm.Normal('length', a + b * np.log(data['age']), s, observed=data['length'])\n"
 )
 
 
@@ -95,21 +95,25 @@ def test_data_mismatch(likelihood):
 @pytest.mark.parametrize(
     "likelihood, prelude",
     [
-        ("pm.Normal('y', mu=data['length'], sigma=s, observed=data['length'])", ""),
-        ("pm.Normal('y', a * data['length'], s, observed=data['length'])", ""),
-        ("pm.Normal('y', a + z, s, observed=data['length'])", "z = (data['length'] - 2) / 3\n"),
+        ("pm.Normal('length', mu=data['length'], sigma=s, observed=data['length'])", ""),
+        ("pm.Normal('length', a * data['length'], s, observed=data['length'])", ""),
         (
-            "pm.Normal('y', pm.math.concatenate([[2.0], lag]) * a, s, observed=data['length'])",
+            "pm.Normal('length', a + z, s, observed=data['length'])",
+            "z = (data['length'] - 2) / 3\n",
+        ),
+        (
+            "pm.Normal('length', pm.math.concatenate([[2.0], lag]) * a, s, "
+            "observed=data['length'])",
             "lag = data['length'][:-1]\n",
         ),
         (
-            "pm.Normal('y', a, s, observed=data['length'])\n"
+            "pm.Normal('length', a, s, observed=data['length'])\n"
             "    pm.Deterministic('d', a * np.asarray(data['length']))",
             "",
         ),
         (
             "y_data = pm.Data('y_data', data['length'])\n"
-            "    pm.Normal('y', y_data * a, s, observed=y_data)",
+            "    pm.Normal('length', y_data * a, s, observed=y_data)",
             "",
         ),
     ],
@@ -127,7 +131,7 @@ def test_lazy_imports_inside_allowed_packages_pass_the_runtime_guard():
 
 def test_covariates_and_sorted_data_are_not_leaks():
     program = model_with(
-        "pm.Normal('y', a + s * np.asarray(data['age']) / 30, s, observed=data['length'])"
+        "pm.Normal('length', a + s * np.asarray(data['age']) / 30, s, observed=data['length'])"
     )
     assert score(program)["ok"]
 
@@ -157,8 +161,8 @@ def test_several_observed_arrays_are_pooled():
     program = HEADER + (
         "with pm.Model() as model:\n"
         "    mu = pm.Normal('mu', 0, 1)\n"
-        "    pm.Normal('ya', mu, 1, observed=data['a'])\n"
-        "    pm.Normal('yb', mu + 1, 1, observed=data['b'])\n"
+        "    pm.Normal('a', mu, 1, observed=data['a'])\n"
+        "    pm.Normal('b', mu + 1, 1, observed=data['b'])\n"
     )
     both = score(program, data, ("a", "b"))
     assert both["ok"], both

@@ -48,7 +48,7 @@ def program(prior_scale: float = 5.0) -> str:
         f"    a = pm.Normal('a', 0, {prior_scale})\n"
         "    b = pm.HalfNormal('b', 2)\n"
         "    s = pm.HalfNormal('s', 1)\n"
-        "    pm.Normal('y', a + b * np.log(data['age']), s, observed=data['length'])\n```\n"
+        "    pm.Normal('length', a + b * np.log(data['age']), s, observed=data['length'])\n```\n"
     )
 
 

@@ -50,7 +50,7 @@ with pm.Model() as model:
     a = pm.Normal('a', 0, 5)
     b = pm.HalfNormal('b', 2)
     s = pm.HalfNormal('s', 1)
-    pm.Normal('y', a + b * np.log(data['age']), s, observed=data['length'])
+    pm.Normal('length', a + b * np.log(data['age']), s, observed=data['length'])
 """
 # The classic escape past the gate: os's globals through a subclass of object.
 ESCAPE = (
@@ -215,7 +215,8 @@ def test_containment_behind_the_gate(worker, good_score, canaries, host_secret_f
             "runtime",
         ),
         ("fork_bomb", ESCAPE + "while True:\n    g['fork']()\n", "runtime"),
-        ("kill_worker", ESCAPE + "g['kill'](g['getppid'](), 9)\n", "crashed"),
+        # in its own PID namespace the program cannot name its parent: it lives on
+        ("kill_worker", ESCAPE + "g['kill'](g['getppid'](), 9)\n", "no_model"),
     ]
     try:
         for name, program, kind in cases:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from synthstats.envs.base import Env
 
 # Bump when the judge's scoring changes, so old scores are not served for new rules.
-JUDGE_VERSION = 2  # 2: exact refits for bad Pareto k (loo.py)
+JUDGE_VERSION = 2  # 2: two-phase scoring (describe, validate, rebuild); LOO refits
 # JudgeConfig fields that do not change a score.
 _NOT_IN_KEY = frozenset({"name", "workers", "cache", "cache_path", "sandbox"})
 _UNCACHED_KINDS = frozenset({"timeout", "crashed"})

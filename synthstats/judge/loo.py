@@ -85,7 +85,7 @@ def summarise_fit(
     var_name = _pointwise_variable(idata, observed_names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fields = loo_fields(az.loo(idata, var_name=var_name, pointwise=True))
+        fields = loo_fields(az.loo(idata, var_name=var_name, pointwise=True, scale="log"))
         size = fields["pareto_k"].size
         bad = np.flatnonzero(fields["pareto_k"] > fields["good_k"])
         if refit is not None and refit.max_refits > 0 and bad.size:
@@ -212,7 +212,7 @@ def _batch_mcse(
     for chain in range(n_chains):
         for start in range(0, size * _BATCHES_PER_CHAIN, size):
             batch = idata.isel(chain=[chain], draw=slice(start, start + size))
-            fields = loo_fields(az.loo(batch, var_name=var_name, pointwise=True))
+            fields = loo_fields(az.loo(batch, var_name=var_name, pointwise=True, scale="log"))
             if exact:
                 part = {i: d[chain : chain + 1, start : start + size] for i, d in exact.items()}
                 fields = _with_exact_points(fields, _pooled_draws(batch, var_name), part)

@@ -1,15 +1,19 @@
-"""Scores one program inside the contained child: run it, check the contract, sample, LOO.
+"""Scores one program in two phases that never share a process in the worker.
 
-The program runs with the env's data injected read-only, with builtins stripped of what
-the gate forbids and an import guard that re-applies the gate's allowlist at runtime. Its
-own calls to pm.sample and friends end the program where they stand (the model built so
-far is kept); the judge then samples with its own budget, the same for every program.
+Phase 1 (`describe_source`, untrusted) runs the program with the env's data injected
+read-only, with builtins stripped of what the gate forbids and an import guard that
+re-applies the gate's allowlist at runtime; its own calls to pm.sample and friends end the
+program where they stand (the model built so far is kept). Its only output is the model
+description (`describe.py`). Phase 2 (`score_description`, trusted) validates and rebuilds
+the model from that description (`rebuild.py`), checks the contract and leaks, samples with
+the judge's budget (the same for every program) and computes ELPD-LOO.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -24,18 +28,21 @@ import numpy as np
 import pymc as pm
 
 from synthstats.judge.contract import check_contract
+from synthstats.judge.describe import describe_model
 from synthstats.judge.gate import (
     ALLOWED_MODULES,
     FORBIDDEN_NAMES,
     attribute_allowed,
     import_allowed,
 )
+from synthstats.judge.leaks import check_leaks
+from synthstats.judge.loglik import PointwiseLogLikelihood
 from synthstats.judge.loo import Refit, summarise_fit
+from synthstats.judge.rebuild import rebuild_model
 from synthstats.judge.score import Failure
 
 _MESSAGE_CHARS = 400
 _SAMPLE = pm.sample
-_LOG_LIKELIHOOD = pm.compute_log_likelihood
 # What a program may call but the judge neutralises: sampling is the judge's, not the program's.
 _SAMPLING_FUNCTIONS = (
     pm.sample,
@@ -77,15 +84,67 @@ class _SamplingCalled(BaseException):
 
 
 def score_source(
-    source: str, data: Mapping[str, np.ndarray], observed: tuple[str, ...], budget: Budget
+    source: str,
+    data: Mapping[str, np.ndarray],
+    observed: tuple[str, ...],
+    budget: Budget,
+    reference_elpd: float | None = None,
 ) -> dict[str, Any]:
-    """Score fields (without seconds) for one program that has passed the gate."""
+    """Both phases in this process, through the same JSON description: for TRUSTED
+    programs only (warm-up, reference scoring); the worker runs each phase in its own child."""
+    described = describe_source(source, data, observed)
+    if not described["ok"]:
+        return described
+    description = json.loads(json.dumps(described["description"]))
+    return score_description(description, data, observed, budget, reference_elpd)
+
+
+def describe_source(
+    source: str, data: Mapping[str, np.ndarray], observed: tuple[str, ...]
+) -> dict[str, Any]:
+    """Phase 1 (untrusted): run the program and describe its model as plain data."""
     try:
         model = run_program(source, data)
-        holders = check_contract(model, {name: data[name] for name in observed})
-        fit = _fit(model, [holders[name] for name in observed], budget)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            description = describe_model(model, {name: data[name] for name in observed})
     except Failure as failure:
         return {"ok": False, "error_kind": failure.kind, "message": failure.message}
+    return {"ok": True, "description": description}
+
+
+def score_description(
+    description: Any,
+    data: Mapping[str, np.ndarray],
+    observed: tuple[str, ...],
+    budget: Budget,
+    reference_elpd: float | None = None,
+) -> dict[str, Any]:
+    """Phase 2 (trusted, no program code here): validate and rebuild the described model
+    (a dict, or its JSON text) with the env's observed arrays, refuse leaks, sample with the
+    judge's budget, LOO."""
+    arrays = {name: np.asarray(data[name]) for name in observed}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(description, str):
+                try:
+                    description = json.loads(description)
+                except ValueError:
+                    raise Failure("forbidden_model", "the description is not JSON") from None
+            model = rebuild_model(description, arrays)
+            holders = check_contract(model, arrays)
+            loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed])
+            check_leaks(model, arrays, reference_elpd, budget.seed, loglik)
+        fit = _fit(model, loglik, budget)
+    except Failure as failure:
+        return {"ok": False, "error_kind": failure.kind, "message": failure.message}
+    except RecursionError:
+        return {
+            "ok": False,
+            "error_kind": "forbidden_model",
+            "message": "the description nests too deep",
+        }
     return {"ok": True, **fit}
 
 
@@ -119,7 +178,7 @@ def run_program(source: str, data: Mapping[str, np.ndarray]) -> pm.Model:
     return model
 
 
-def _fit(model: pm.Model, observed_names: list[str], budget: Budget) -> dict[str, Any]:
+def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dict[str, Any]:
 
     def sample(fitted: pm.Model) -> Any:
         return _SAMPLE(
@@ -138,9 +197,8 @@ def _fit(model: pm.Model, observed_names: list[str], budget: Budget) -> dict[str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             idata = sample(model)
-            _LOG_LIKELIHOOD(idata, var_names=observed_names, model=model, progressbar=False)
-            refit = Refit(model, sample, budget.loo_refits)
-            fit = summarise_fit(idata, observed_names, refit)
+            loglik.add_to(idata)
+            fit = summarise_fit(idata, loglik.names, Refit(model, sample, budget.loo_refits))
     except MemoryError:
         raise Failure("memory", "ran out of memory while sampling") from None
     except Exception as error:

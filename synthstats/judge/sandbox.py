@@ -91,6 +91,7 @@ class SandboxedWorker:
             "source": source,
             "data": dict(env.data),
             "observed": list(env.observed),
+            "reference_elpd": env.reference_elpd,
             "budget": {
                 "draws": cfg.draws,
                 "tune": cfg.tune,

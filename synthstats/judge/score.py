@@ -19,6 +19,7 @@ ErrorKind = Literal[
     "no_model",  # it did not bind `model` to a pm.Model
     "data_mismatch",  # its observed variables do not hold exactly the env's observed arrays
     "data_leak",  # the observed arrays feed another part of the model
+    "forbidden_model",  # the model uses a construct the judge does not rebuild (describe.py)
     "sampling",  # NUTS or LOO failed, or the ELPD is not finite
     "timeout",  # wall-clock or CPU time limit
     "memory",  # address-space limit or killed for memory

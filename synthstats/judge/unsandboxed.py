@@ -33,7 +33,13 @@ def score_trusted(
         for field in ("draws", "tune", "chains", "target_accept", "seed", "loo_refits")
     }
     requests = [
-        {"source": source, "data": dict(env.data), "observed": env.observed, "budget": budget}
+        {
+            "source": source,
+            "data": dict(env.data),
+            "observed": env.observed,
+            "budget": budget,
+            "reference_elpd": env.reference_elpd,
+        }
         for env, source in programs
     ]
     environment = {
@@ -63,7 +69,13 @@ def _main() -> None:
     for request in pickle.loads(sys.stdin.buffer.read()):
         budget = Budget(**request["budget"])
         results.append(
-            score_source(request["source"], request["data"], tuple(request["observed"]), budget)
+            score_source(
+                request["source"],
+                request["data"],
+                tuple(request["observed"]),
+                budget,
+                request["reference_elpd"],
+            )
         )
     print(json.dumps(results))
 

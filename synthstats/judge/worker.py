@@ -1,4 +1,6 @@
-"""The persistent judge worker: imports PyMC once, then forks one contained child per program.
+"""The persistent judge worker: imports PyMC once, then forks two contained children per
+program: phase 1 runs the program and describes its model, phase 2 (forked from this
+process, where no program code ever ran) rebuilds and scores it (see runner.py).
 
 It runs inside the sandbox that `sandbox.py` builds, non-dumpable (a program's child cannot
 ptrace it or open its memory or file descriptors). Each child gets its own process group,
@@ -31,6 +33,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from synthstats.judge import confine
@@ -38,7 +41,23 @@ from synthstats.judge import confine
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
+_CLONE_NEWNS = 0x00020000
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
 _MAX_RESULT_BYTES = 1 << 20
+# A model description, a JSON string the worker passes on unparsed: its constants are
+# capped in describe.py, this bounds the rest.
+_MAX_DESCRIPTION_BYTES = 16 << 20
+_MESSAGE_CHARS = 400
+# What phase 1 may fail with; scores and sampling failures come from phase 2 only.
+_PHASE_ONE_KINDS = frozenset(
+    {"syntax", "forbidden", "runtime", "no_model", "data_mismatch", "forbidden_model"}
+    | {"memory", "timeout", "crashed"}
+)
 _OUTPUT_TAIL_BYTES = 600
 _KILL_ROUNDS = 200
 _OPEN_FILES = 512
@@ -69,33 +88,104 @@ def main() -> None:
 
 
 def score_contained(request: dict[str, Any], *, confined: bool = False) -> dict[str, Any]:
-    """Forks a contained child that scores the request; returns score fields with seconds.
-    confined: the child confines itself (confine.py) first, and fails if it cannot."""
+    """Phase 1 in one contained child (the program runs there and describes its model),
+    then phase 2 in a second child forked from this pristine process (it validates,
+    rebuilds, samples and scores). Both share the program's timeout; returns score fields
+    with seconds. confined: phase 1 confines itself (confine.py) first, and fails if it
+    cannot; phase 2, trusted, keeps the worker's compile dir, so its compiles are reused."""
+    limits = request["limits"]
+    start = time.perf_counter()
+    deadline = start + limits["timeout_s"]
+    described = _in_child(
+        _describe_phase, request, deadline, _MAX_DESCRIPTION_BYTES, confined=confined
+    )
+    if "description" in described:
+        request = {**request, "description": described["description"]}
+        verdict = _in_child(_score_phase, request, deadline, _MAX_RESULT_BYTES)
+    else:
+        verdict = described
+    verdict["seconds"] = time.perf_counter() - start
+    return verdict
+
+
+def _in_child(
+    phase: Callable[[dict[str, Any]], dict[str, Any]],
+    request: dict[str, Any],
+    deadline: float,
+    max_result: int,
+    *,
+    confined: bool = False,
+) -> dict[str, Any]:
     limits = request["limits"]
     program_dir = tempfile.mkdtemp(prefix="program-", dir=os.environ.get("TMPDIR"))
     result_read, result_write = os.pipe()
     output_read, output_write = os.pipe()
-    start = time.perf_counter()
     pid = os.fork()
     if pid == 0:
-        _child(request, program_dir, result_write, output_write, confined)
+        _child(phase, request, program_dir, result_write, output_write, confined)
     os.close(result_write)
     os.close(output_write)
     try:
-        verdict = _watch(pid, result_read, output_read, start + limits["timeout_s"], limits)
+        verdict = _watch(pid, result_read, output_read, deadline, limits, max_result)
     finally:
         _kill_descendants(pid)
         os.close(result_read)
         os.close(output_read)
         shutil.rmtree(program_dir, ignore_errors=True)
-    verdict["seconds"] = time.perf_counter() - start
+    if phase is _describe_phase:
+        return _phase_one_verdict(verdict)
     return verdict
 
 
+def _phase_one_verdict(verdict: dict[str, Any]) -> dict[str, Any]:
+    """What phase 1 may say: a description, or a failure of a phase-1 kind. Anything else
+    (a forged score, say) is a malformed result."""
+    if verdict.get("ok") is True and isinstance(verdict.get("description"), str):
+        return {"description": verdict["description"]}
+    kind, message = verdict.get("error_kind"), verdict.get("message")
+    if (
+        verdict.get("ok") is False
+        and isinstance(kind, str)
+        and kind in _PHASE_ONE_KINDS
+        and isinstance(message, str)
+    ):
+        return _failure(kind, message[:_MESSAGE_CHARS])
+    return _failure("crashed", "the program's child sent a malformed result")
+
+
+def _describe_phase(request: dict[str, Any]) -> dict[str, Any]:
+    """In the untrusted child: its own user and mount namespace, an empty compile dir."""
+    _isolate(request["limits"])
+    from synthstats.judge.runner import describe_source
+
+    result = describe_source(request["source"], request["data"], tuple(request["observed"]))
+    if result["ok"]:  # one string to the worker: phase 2 parses it, under its own limits
+        result["description"] = json.dumps(result["description"])
+    return result
+
+
+def _score_phase(request: dict[str, Any]) -> dict[str, Any]:
+    from synthstats.judge.runner import Budget, score_description
+
+    return score_description(
+        request["description"],
+        request["data"],
+        tuple(request["observed"]),
+        Budget(**request["budget"]),
+        request.get("reference_elpd"),
+    )
+
+
 def _child(
-    request: dict[str, Any], program_dir: str, result_fd: int, output_fd: int, confined: bool
+    phase: Callable[[dict[str, Any]], dict[str, Any]],
+    request: dict[str, Any],
+    program_dir: str,
+    result_fd: int,
+    output_fd: int,
+    confined: bool,
 ) -> None:
-    """In the forked child: contain, score, write the JSON result, exit. Never returns."""
+    """In the forked child: contain, run the phase, write the JSON result, exit. Never
+    returns."""
     try:
         os.setpgid(0, 0)
         _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -114,14 +204,7 @@ def _child(
         os.environ["TMPDIR"] = os.environ["MPLCONFIGDIR"] = program_dir
         tempfile.tempdir = program_dir
         _limit(request["limits"])
-        from synthstats.judge.runner import Budget, score_source
-
-        result = score_source(
-            request["source"],
-            request["data"],
-            tuple(request["observed"]),
-            Budget(**request["budget"]),
-        )
+        result = phase(request)
         payload = json.dumps(result).encode()
         while payload:
             payload = payload[os.write(result_fd, payload) :]
@@ -129,6 +212,57 @@ def _child(
         traceback.print_exc()
     finally:
         os._exit(0)
+
+
+def _isolate(limits: dict[str, Any]) -> None:
+    """Phase 1's own user, mount and PID namespace, with an empty size-capped tmpfs over
+    the PyTensor compile dir: nothing it compiles or plants there reaches the worker or
+    phase 2, and it cannot name (so not signal) either of them.
+    A second user namespace locks that mount, so the program cannot unmount it. Where
+    user namespaces are unavailable (no bubblewrap, a locked-down kernel) the program still
+    runs, without these walls (the README says what then remains)."""
+    compile_dir = os.environ.get("PYTENSOR_FLAGS", "").partition("base_compiledir=")[2]
+    if not compile_dir or not os.path.isdir(compile_dir):
+        return
+    uid, gid = os.getuid(), os.getgid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    # Its own /proc files must be its own to write its id maps; dumpable or not, this
+    # child can reach no other process (the worker and phase 2 stay non-dumpable).
+    _prctl(_PR_SET_DUMPABLE, 1)
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
+        return
+    _map_ids(uid, gid)
+    options = f"size={limits['max_file_bytes']},mode=0700".encode()
+    if (
+        libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0
+        or libc.mount(b"tmpfs", compile_dir.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options)
+        != 0
+    ):
+        raise OSError(ctypes.get_errno(), "could not hide the compile dir from the program")
+    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), "could not lock the program's mounts")
+    _map_ids(0, 0)
+    # The program runs as pid 1 of a PID namespace of its own: no pid it can name is the
+    # worker's or phase 2's, so it cannot signal them. This process only waits for it.
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):  # die of the same signal: the worker reads it
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            os.kill(os.getpid(), os.WTERMSIG(status))
+        os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgid(0, 0)  # kill(0, ...) then reaches only itself; the worker reaps it as subreaper
+
+
+def _map_ids(uid: int, gid: int) -> None:
+    with open("/proc/self/setgroups", "w") as setgroups:
+        setgroups.write("deny")
+    with open("/proc/self/uid_map", "w") as uid_map:
+        uid_map.write(f"0 {uid} 1")
+    with open("/proc/self/gid_map", "w") as gid_map:
+        gid_map.write(f"0 {gid} 1")
 
 
 def _limit(limits: dict[str, Any]) -> None:
@@ -144,7 +278,12 @@ def _limit(limits: dict[str, Any]) -> None:
 
 
 def _watch(
-    pid: int, result_fd: int, output_fd: int, deadline: float, limits: dict[str, Any]
+    pid: int,
+    result_fd: int,
+    output_fd: int,
+    deadline: float,
+    limits: dict[str, Any],
+    max_result: int,
 ) -> dict[str, Any]:
     """Collects the child's result and output until it exits or breaks a limit."""
     selector = selectors.DefaultSelector()
@@ -170,24 +309,26 @@ def _watch(
                     )
             else:
                 result += chunk
-                if len(result) > _MAX_RESULT_BYTES:
+                if len(result) > max_result:
                     return _failure("crashed", "the child sent an oversized result")
         done, wait_status = os.waitpid(pid, os.WNOHANG)
         if done:
             status = wait_status
-    result += _drain(result_fd)
+    result += _drain(result_fd, max_result)
     return _verdict(status, bytes(result), bytes(output), limits)
 
 
 def _verdict(status: int, result: bytes, output: bytes, limits: dict[str, Any]) -> dict[str, Any]:
     if result:
         try:
-            return json.loads(result)
-        except ValueError:
-            pass
+            verdict = json.loads(result)
+        except (ValueError, RecursionError):
+            verdict = None
+        if isinstance(verdict, dict):
+            return verdict
         try:  # several verdicts: copies of the child, made by a program that forked
             json.JSONDecoder().raw_decode(result.decode())
-        except ValueError:
+        except (ValueError, RecursionError):
             return _failure("crashed", "the child sent a malformed result")
         return _failure("runtime", "the program forked: several processes reported a verdict")
     if os.WIFSIGNALED(status):
@@ -211,11 +352,11 @@ def _tail(output: bytes) -> str:
     return f": ...{text[-300:]}" if text else ""
 
 
-def _drain(fd: int) -> bytes:
+def _drain(fd: int, max_result: int) -> bytes:
     """What is left in a pipe after the child exited, without waiting on its descendants."""
     os.set_blocking(fd, False)
     data = bytearray()
-    while len(data) <= _MAX_RESULT_BYTES:
+    while len(data) <= max_result:
         try:
             chunk = os.read(fd, 65536)
         except BlockingIOError:
