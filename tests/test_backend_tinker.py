@@ -167,9 +167,11 @@ def assert_same_gradient(tinker_grad: torch.Tensor, local_grad: torch.Tensor, na
     assert difference <= 1e-5 * scale, f"{name}: differs by {difference:.3g} at scale {scale:.3g}"
 
 
-def test_gradients_and_loss_match_the_local_backend(make_backend):
+@pytest.mark.parametrize("second_row_failed", [False, True], ids=["all valid", "one failed"])
+def test_gradients_and_loss_match_the_local_backend(make_backend, second_row_failed):
     """Same weights, same batch: the LoRA gradient the service applies, the log Z and flow
-    gradients and the loss equal the local backend's (learning rates 0, clipping off)."""
+    gradients and the loss equal the local backend's (learning rates 0, clipping off). With
+    a failed on-policy row, both leave it out of the balance and add the failure term."""
     frozen = {
         "train__learning_rate": 0.0,
         "train__flow_learning_rate": 0.0,
@@ -186,6 +188,10 @@ def test_gradients_and_loss_match_the_local_backend(make_backend):
     hosted.log_z.load_state_dict(local.module.log_z.state_dict())
     hosted.flow.load_state_dict(local.module.flow.state_dict())
     batch = two_trajectories(local)
+    if second_row_failed:
+        batch = dataclasses.replace(
+            batch, failed=torch.tensor([False, True]), on_policy=torch.tensor([True, True])
+        )
     assert hosted.render_prompt(MESSAGES) == local.render_prompt(MESSAGES)
     objective = build_objective(config_for("local").objective)
 
