@@ -39,6 +39,12 @@ def test_bench_train_reports_throughput_of_the_real_loop():
     assert 0.0 <= numbers["judge_wait_share"] < 1.0
 
 
+def test_console_logging_is_refused_before_anything_runs():
+    result = CliRunner().invoke(main, ["bench", "train", "--policy=mock", "logging=console"])
+    assert result.exit_code == 2
+    assert "logging=jsonl" in result.output
+
+
 def test_random_init_needs_a_published_hf_architecture():
     result = CliRunner().invoke(main, ["bench", "train", "--policy=mock", "--random-init"])
     assert result.exit_code == 2

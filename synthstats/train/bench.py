@@ -101,6 +101,11 @@ def bench_train(
     ]
     try:
         config = resolve(arguments)
+        if config.logging.backend == "console":
+            raise ConfigError(
+                "synthstats bench train reads the run's metrics.jsonl, which logging=console "
+                "does not write: use logging=jsonl (the default) or logging=wandb"
+            )
         if random_init:
             config.policy.model_name = str(random_init_folder(config.policy))
     except (ConfigError, ValueError) as error:
