@@ -99,11 +99,16 @@ def read_steps(run_dir: Path) -> list[int]:
     return [json.loads(line)["step"] for line in lines]
 
 
-def assert_ranks_agree_and_trained(final: list[dict], built: list[dict]) -> None:
+def assert_ranks_agree_and_trained(
+    final: list[dict], built: list[dict], *, any_valid: bool = True
+) -> None:
+    """Ranks hold the same weights and LoRA trained. log Z moves only when a batch held a
+    valid program: with none (the untrained mock fails them all) only the failure term
+    trains, and failures never pull log Z."""
     assert max_difference(final[0], final[1]) < TOLERANCE
     changed = [key for key in final[0] if not torch.equal(final[0][key], built[0][key])]
     assert any("lora_" in key for key in changed), changed
-    assert "log_z.values" in changed
+    assert ("log_z.values" in changed) == any_valid
 
 
 def assert_adapter_matches(checkpoint: Path, trained: dict[str, torch.Tensor]) -> None:
@@ -157,7 +162,7 @@ def test_cpu_2proc_command_trains_ddp_and_resumes(workspace):
     loaded, final = dumps(dump_dir, "loaded"), dumps(dump_dir, "final")
     assert max_difference(loaded[0], loaded[1]) < TOLERANCE
     assert_adapter_matches(checkpoint, loaded[0])  # the resume loaded the saved adapter
-    assert_ranks_agree_and_trained(final, loaded)
+    assert_ranks_agree_and_trained(final, loaded, any_valid=False)
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -82,7 +82,10 @@ def objective_loss(
     if keys:
         loss = objective(log_pf, mask, log_flow, log_reward=reward, log_z=log_z)
     else:
-        loss = scores.log_pf.sum() * 0.0
+        # No valid row: a zero loss that still reaches log Z and the flows, so every rank of
+        # a distributed run reduces the same parameters.
+        touched = [scores.log_pf, scores.log_flow, scores.log_z]
+        loss = sum(part.sum() for part in touched if part is not None) * 0.0
     if failure_weight and bool((failed & on_policy).any()):
         penalty = failure_loss(scores.log_pf, scores.mask, failed=failed, on_policy=on_policy)
         loss = loss + failure_weight * penalty
