@@ -75,7 +75,7 @@ def train_arguments(run_dir: Path, demonstrations: Path, cache: Path) -> list[st
         "runner.train.steps=2",
         "runner.train.batch_size=4",
         "runner.train.replay_fraction=0.5",
-        "policy.max_new_tokens=8",
+        "policy.max_new_tokens=128",  # the reference demonstration is 123 tokens
         "policy.lora_dropout=0.0",
         f"output_dir={run_dir}",
         "sft_warmstart.enabled=true",
@@ -218,7 +218,7 @@ def test_two_nodes_on_localhost_train_a_step(workspace):
             "judge.cache=false",
             "runner.train.steps=1",
             "runner.train.batch_size=2",
-            "policy.max_new_tokens=8",
+            "policy.max_new_tokens=128",  # the reference demonstration is 123 tokens
             f"output_dir={run_dir}",
             "--no-progress",
         ]
