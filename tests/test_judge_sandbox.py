@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -288,13 +289,17 @@ def test_programs_leave_nothing_behind_and_cannot_poison_the_compile_cache(
 
 def test_the_parent_never_reads_files_a_worker_planted(worker, good_score):
     """A FIFO planted where the worker's log once was (the parent hung on it), a symlink to
-    the parent's environment beside it, then the worker killed: `crashed` at once, and the
-    message holds nothing of either."""
+    the parent's environment beside it, then the worker killed mid-program (a program can
+    no longer name its worker, so the test kills it): `crashed` at once, and the message
+    holds nothing of either."""
     worker.score(GOOD, ENV)  # a running worker, whatever ran before
     os.mkfifo(worker._work_dir / "worker.log")
     (worker._work_dir / "worker.err").symlink_to("/proc/self/environ")
+    killer = threading.Timer(2.0, sandbox._kill_session, args=(worker._process.pid,))
     start = time.perf_counter()
-    score = worker.score(ESCAPE + "g['kill'](g['getppid'](), 9)\n", ENV)
+    killer.start()
+    score = worker.score("while True:\n    pass\n", ENV)
+    killer.join()
     assert time.perf_counter() - start < CFG.timeout_s
     assert score.error_kind == "crashed" and "PATH=" not in score.message, score
     assert SECRET not in score.message

@@ -155,7 +155,8 @@ def _phase_one_verdict(verdict: dict[str, Any]) -> dict[str, Any]:
 
 def _describe_phase(request: dict[str, Any]) -> dict[str, Any]:
     """In the untrusted child: its own user and mount namespace, an empty compile dir."""
-    _isolate(request["limits"])
+    if _sandboxed():  # nested in confine.py's namespace, the id maps need bwrap's uid
+        _isolate(request["limits"])
     from synthstats.judge.runner import describe_source
 
     result = describe_source(request["source"], request["data"], tuple(request["observed"]))
