@@ -13,11 +13,14 @@ Linux only; `available()` says whether this kernel lets an unprivileged process 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
+import signal
 
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUSER = 0x10000000
+_CLONE_NEWPID = 0x20000000
 _MS_RDONLY = 1
 _MS_NOSUID = 2
 _MS_NODEV = 4
@@ -34,6 +37,7 @@ _ST_RELATIME = 4096
 _KEPT_FLAGS = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_NOATIME | _MS_NODIRATIME
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_DUMPABLE = 4
+_PR_SET_PDEATHSIG = 1
 _CAP_VERSION_3 = 0x20080522
 _OVERLAY = ".judge-overlay"
 
@@ -97,6 +101,48 @@ def available(scratch: str, compile_dir: str, work_dir: str, *, sandboxed: bool)
             os._exit(1)
     _, status = os.waitpid(pid, 0)
     return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def isolate_pid_namespace(max_file_bytes: int) -> None:
+    """Phase 1's own user, mount and PID namespace, with an empty size-capped tmpfs over
+    the PyTensor compile dir: nothing it compiles or plants there reaches the worker or
+    phase 2, and it cannot name (so not signal) either of them.
+    A second user namespace locks that mount, so the program cannot unmount it. Where
+    user namespaces are unavailable (a locked-down kernel) the program still runs, without
+    these walls (the README says what then remains)."""
+    compile_dir = os.environ.get("PYTENSOR_FLAGS", "").partition("base_compiledir=")[2]
+    if not compile_dir or not os.path.isdir(compile_dir):
+        return
+    uid, gid = os.getuid(), os.getgid()
+    # Its own /proc files must be its own to write its id maps; dumpable or not, this
+    # child can reach no other process (the worker and phase 2 stay non-dumpable).
+    _prctl(_PR_SET_DUMPABLE, 1)
+    if _libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
+        return
+    _map_root_to(uid, gid)
+    options = f"size={max_file_bytes},mode=0700"
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    _mount("tmpfs", compile_dir, "tmpfs", _MS_NOSUID | _MS_NODEV, options)
+    _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare (locking the mounts)")
+    _map_root_to(0, 0)
+    # The program runs as pid 1 of a PID namespace of its own: no pid it can name is the
+    # worker's or phase 2's, so it cannot signal them. This process only waits for it.
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        if os.WIFSIGNALED(status):  # die of the same signal: the worker reads it
+            with contextlib.suppress(OSError, ValueError):
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+            os.kill(os.getpid(), os.WTERMSIG(status))
+        os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    os.setpgid(0, 0)  # kill(0, ...) then reaches only itself; the worker reaps it as subreaper
+
+
+def _map_root_to(uid: int, gid: int) -> None:
+    _write("/proc/self/setgroups", "deny")
+    _write("/proc/self/uid_map", f"0 {uid} 1")
+    _write("/proc/self/gid_map", f"0 {gid} 1")
 
 
 def _read_only(path: str) -> None:

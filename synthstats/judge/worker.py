@@ -41,13 +41,6 @@ from synthstats.judge import confine
 _PR_SET_PDEATHSIG = 1
 _PR_SET_DUMPABLE = 4
 _PR_SET_CHILD_SUBREAPER = 36
-_CLONE_NEWNS = 0x00020000
-_CLONE_NEWUSER = 0x10000000
-_CLONE_NEWPID = 0x20000000
-_MS_NOSUID = 2
-_MS_NODEV = 4
-_MS_REC = 0x4000
-_MS_PRIVATE = 1 << 18
 _MAX_RESULT_BYTES = 1 << 20
 # A model description, a JSON string the worker passes on unparsed: its constants are
 # capped in describe.py, this bounds the rest.
@@ -156,7 +149,7 @@ def _phase_one_verdict(verdict: dict[str, Any]) -> dict[str, Any]:
 def _describe_phase(request: dict[str, Any]) -> dict[str, Any]:
     """In the untrusted child: its own user and mount namespace, an empty compile dir."""
     if _sandboxed():  # nested in confine.py's namespace, the id maps need bwrap's uid
-        _isolate(request["limits"])
+        confine.isolate_pid_namespace(request["limits"]["max_file_bytes"])
     from synthstats.judge.runner import describe_source
 
     result = describe_source(request["source"], request["data"], tuple(request["observed"]))
@@ -213,57 +206,6 @@ def _child(
         traceback.print_exc()
     finally:
         os._exit(0)
-
-
-def _isolate(limits: dict[str, Any]) -> None:
-    """Phase 1's own user, mount and PID namespace, with an empty size-capped tmpfs over
-    the PyTensor compile dir: nothing it compiles or plants there reaches the worker or
-    phase 2, and it cannot name (so not signal) either of them.
-    A second user namespace locks that mount, so the program cannot unmount it. Where
-    user namespaces are unavailable (no bubblewrap, a locked-down kernel) the program still
-    runs, without these walls (the README says what then remains)."""
-    compile_dir = os.environ.get("PYTENSOR_FLAGS", "").partition("base_compiledir=")[2]
-    if not compile_dir or not os.path.isdir(compile_dir):
-        return
-    uid, gid = os.getuid(), os.getgid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    # Its own /proc files must be its own to write its id maps; dumpable or not, this
-    # child can reach no other process (the worker and phase 2 stay non-dumpable).
-    _prctl(_PR_SET_DUMPABLE, 1)
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
-        return
-    _map_ids(uid, gid)
-    options = f"size={limits['max_file_bytes']},mode=0700".encode()
-    if (
-        libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None) != 0
-        or libc.mount(b"tmpfs", compile_dir.encode(), b"tmpfs", _MS_NOSUID | _MS_NODEV, options)
-        != 0
-    ):
-        raise OSError(ctypes.get_errno(), "could not hide the compile dir from the program")
-    if libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS) != 0:
-        raise OSError(ctypes.get_errno(), "could not lock the program's mounts")
-    _map_ids(0, 0)
-    # The program runs as pid 1 of a PID namespace of its own: no pid it can name is the
-    # worker's or phase 2's, so it cannot signal them. This process only waits for it.
-    pid = os.fork()
-    if pid:
-        _, status = os.waitpid(pid, 0)
-        if os.WIFSIGNALED(status):  # die of the same signal: the worker reads it
-            with contextlib.suppress(OSError, ValueError):
-                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-            os.kill(os.getpid(), os.WTERMSIG(status))
-        os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
-    _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    os.setpgid(0, 0)  # kill(0, ...) then reaches only itself; the worker reaps it as subreaper
-
-
-def _map_ids(uid: int, gid: int) -> None:
-    with open("/proc/self/setgroups", "w") as setgroups:
-        setgroups.write("deny")
-    with open("/proc/self/uid_map", "w") as uid_map:
-        uid_map.write(f"0 {uid} 1")
-    with open("/proc/self/gid_map", "w") as gid_map:
-        gid_map.write(f"0 {gid} 1")
 
 
 def _limit(limits: dict[str, Any]) -> None:
