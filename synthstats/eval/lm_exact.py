@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from synthstats.backends.canonical import canonical_completion
 from synthstats.backends.local import LocalBackend
 from synthstats.backends.mock_model import cached_model_folder, write_mock_model
+from synthstats.backends.slot import ARCHITECTURE as SLOT_ARCHITECTURE
 from synthstats.config import Config, to_yaml
 from synthstats.envs import get_env
 from synthstats.envs.base import Env
@@ -62,13 +63,9 @@ from synthstats.train.sft import supervised_phase
 log = logging.getLogger("synthstats.eval")
 
 # Small but able to memorise a few dozen programs; the LM head over 151k tokens dominates.
+# The slot policy's transformer, over the real Qwen3 tokenizer's vocabulary and chat prompts.
 ARCHITECTURE = {
-    "hidden_size": 64,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
+    **SLOT_ARCHITECTURE,
     "max_position_embeddings": 8192,
     "tie_word_embeddings": True,
 }
