@@ -153,9 +153,8 @@ class JudgeConfig:
     target_accept: float = 0.9
     seed: int = 0
     # Exact refits per program for points whose Pareto k is bad (LOO without them is not
-    # reliable); with more bad points, K-fold with this many folds. 0: plain PSIS-LOO, the
-    # default until the shipped scores are re-recorded with refits.
-    loo_refits: int = 0
+    # reliable); with more bad points, K-fold with this many folds. 0: plain PSIS-LOO.
+    loo_refits: int = 5
     # Per-program limits inside the sandbox.
     timeout_s: float = 120.0
     memory_mb: int = 4096

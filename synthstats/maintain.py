@@ -3,7 +3,7 @@
     python -m synthstats.maintain write-data [NAME ...]        simulated data files
     python -m synthstats.maintain refresh-prompts [NAME ...]   prompts in the SFT JSONL
     python -m synthstats.maintain reference-elpd [NAME ...]   ELPD-LOO of the reference
-    python -m synthstats.maintain score-space ENV [--judge J] ELPD of each space program
+    python -m synthstats.maintain score-space ENV... [--judge J] [--workers N]  space ELPDs
 
 `reference-elpd` scores the reference program with the real judge at its default config
 (configs/judge/default.yaml) and prints it; `--write` stores it as `reference_elpd` in
@@ -112,21 +112,25 @@ def reference_elpd_command(names: tuple[str, ...], workers: int, write: bool) ->
 
 
 @main.command("score-space")
-@click.argument("env_name")
+@click.argument("env_names", nargs=-1, required=True)
 @click.option("--judge", default="default", show_default=True, help="configs/judge/ option")
-def score_space_command(env_name: str, judge: str) -> None:
-    """Re-score one program space with the real judge and rewrite its shipped scores file."""
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+def score_space_command(env_names: tuple[str, ...], judge: str, workers: int) -> None:
+    """Re-score program spaces with the real judge and rewrite their shipped scores files."""
     from synthstats.config import resolve
     from synthstats.envs.spaces import get_space
     from synthstats.judge.space_scores import score_programs, write_scores
 
-    space = get_space(env_name)
-    env = get_env(env_name)
-    judge_cfg = resolve([f"env={env_name}", f"judge={judge}"]).judge
-    start = time.perf_counter()
-    scores = score_programs(space, env, judge_cfg, space.paths(), progress=click.echo)
-    path = write_scores(space, env, judge_cfg, scores)
-    click.echo(f"wrote {path} ({len(scores)} programs, {time.perf_counter() - start:.0f} s)")
+    for env_name in env_names:
+        space = get_space(env_name)
+        env = get_env(env_name)
+        judge_cfg = resolve([f"env={env_name}", f"judge={judge}"]).judge
+        start = time.perf_counter()
+        scores = score_programs(
+            space, env, judge_cfg, space.paths(), progress=click.echo, workers=workers
+        )
+        path = write_scores(space, env, judge_cfg, scores)
+        click.echo(f"wrote {path} ({len(scores)} programs, {time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

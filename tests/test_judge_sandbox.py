@@ -59,6 +59,33 @@ ESCAPE = (
     " if c.__name__ == '_wrap_close'][0].__init__.__globals__\n"
 )
 
+# Behind the gate, with ctypes: attach to (PTRACE_ATTACH) or open the memory of every
+# process the program can name, from itself and from a child left behind to wait for
+# phase 2. Phase 1's own PID namespace hides the worker and phase 2; non-dumpable, they
+# would refuse it anyway.
+PTRACE_EVERYONE = """
+imp = g['__builtins__']['__import__']
+libc = imp('ctypes').CDLL(None, use_errno=True)
+osm = imp('os')
+def attach_all():
+    reached = []
+    for pid in [int(n) for n in osm.listdir('/proc') if n.isdigit()] + list(range(1, 64)):
+        if pid == osm.getpid():
+            continue
+        if libc.ptrace(16, pid, 0, 0) == 0:
+            reached.append(pid)
+        try:
+            osm.close(osm.open(f'/proc/{pid}/mem', osm.O_RDWR))
+            reached.append(f'mem {pid}')
+        except OSError:
+            pass
+    return reached
+if osm.fork() == 0:
+    while True:
+        attach_all()
+raise ValueError(f'attached {attach_all()}')
+"""
+
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot run here")
 
 
@@ -218,10 +245,13 @@ def test_containment_behind_the_gate(worker, good_score, canaries, host_secret_f
         ("fork_bomb", ESCAPE + "while True:\n    g['fork']()\n", "runtime"),
         # in its own PID namespace the program cannot name its parent: it lives on
         ("kill_worker", ESCAPE + "g['kill'](g['getppid'](), 9)\n", "no_model"),
+        ("ptrace", ESCAPE + PTRACE_EVERYONE, "runtime"),
     ]
     try:
         for name, program, kind in cases:
             score = worker.score(program, ENV)
+            if name == "ptrace":
+                assert "attached []" in score.message, score.message
             assert_contained(worker, name, score, kind, canaries, good_score)
         with pytest.raises(TimeoutError):
             listener.accept()

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from synthstats.config import JudgeConfig
     from synthstats.envs.base import Env
 
-BUDGET_FIELDS = ("draws", "tune", "chains", "target_accept", "seed")
+BUDGET_FIELDS = ("draws", "tune", "chains", "target_accept", "seed", "loo_refits")
 VERSIONED_PACKAGES = ("pymc", "pytensor", "arviz", "numpy")
 # The Score fields kept per program.
 SCORE_FIELDS = (
@@ -102,16 +102,17 @@ def score_programs(
     judge_cfg: JudgeConfig,
     paths: Sequence[ProgramPath],
     progress: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> list[Score]:
-    """Scores the programs at `paths` with the real judge, one sandboxed worker for all."""
-    from synthstats.judge.sandbox import SandboxedWorker
-    from synthstats.judge.scoring import prepare
+    """Scores the programs at `paths` with the real judge on `workers` sandboxed workers
+    (no score cache: a re-record must run every program), in `paths` order."""
+    from synthstats.judge.pool import JudgePool
 
-    scores = []
-    with SandboxedWorker(judge_cfg) as worker:
-        for number, path in enumerate(paths, start=1):
-            prepared = prepare(space.completion(path))
-            score = prepared if isinstance(prepared, Score) else worker.score(prepared, env)
+    with JudgePool(judge_cfg, workers=workers, cache=False) as pool:
+        futures = [pool.submit(env, space.completion(path)) for path in paths]
+        scores = []
+        for number, (path, future) in enumerate(zip(paths, futures, strict=True), start=1):
+            score = future.result()
             scores.append(score)
             verdict = f"elpd {score.elpd_loo:.2f}" if score.ok else score.error_kind
             progress(
