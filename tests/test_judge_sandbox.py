@@ -59,31 +59,36 @@ ESCAPE = (
     " if c.__name__ == '_wrap_close'][0].__init__.__globals__\n"
 )
 
-# Behind the gate, with ctypes: attach to (PTRACE_ATTACH) or open the memory of every
-# process the program can name, from itself and from a child left behind to wait for
-# phase 2. Phase 1's own PID namespace hides the worker and phase 2; non-dumpable, they
-# would refuse it anyway.
-PTRACE_EVERYONE = """
+# Behind the gate, from the program and from a child it leaves behind to wait for phase 2:
+# open the memory (read-write, as a debugger would) and environment of every process
+# outside its own PID namespace that /proc lists: the worker, phase 2, the process waiting
+# for the program. ptrace(2) itself can only name pids of the program's namespace, all its
+# own. Non-dumpable, every process outside refuses (a dumpable waiter once did not).
+PROCESS_MEMORY = """
 imp = g['__builtins__']['__import__']
-libc = imp('ctypes').CDLL(None, use_errno=True)
 osm = imp('os')
-def attach_all():
-    reached = []
-    for pid in [int(n) for n in osm.listdir('/proc') if n.isdigit()] + list(range(1, 64)):
-        if pid == osm.getpid():
-            continue
-        if libc.ptrace(16, pid, 0, 0) == 0:
-            reached.append(pid)
+def reach_others():
+    mine = osm.readlink('/proc/self/ns/pid')
+    seen, reached = 0, []
+    for name in [n for n in osm.listdir('/proc') if n.isdigit()]:
         try:
-            osm.close(osm.open(f'/proc/{pid}/mem', osm.O_RDWR))
-            reached.append(f'mem {pid}')
+            if osm.readlink(f'/proc/{name}/ns/pid') == mine:
+                continue
         except OSError:
             pass
-    return reached
+        seen += 1
+        for part, flags in (('mem', osm.O_RDWR), ('environ', osm.O_RDONLY)):
+            try:
+                osm.close(osm.open(f'/proc/{name}/{part}', flags))
+                reached.append(f'{part} {name}')
+            except OSError:
+                pass
+    return seen, reached
 if osm.fork() == 0:
     while True:
-        attach_all()
-raise ValueError(f'attached {attach_all()}')
+        reach_others()
+seen, reached = reach_others()
+raise ValueError(f'saw {seen} others, reached {reached}')
 """
 
 needs_bwrap = pytest.mark.skipif(not bwrap_works(), reason="bubblewrap cannot run here")
@@ -245,13 +250,13 @@ def test_containment_behind_the_gate(worker, good_score, canaries, host_secret_f
         ("fork_bomb", ESCAPE + "while True:\n    g['fork']()\n", "runtime"),
         # in its own PID namespace the program cannot name its parent: it lives on
         ("kill_worker", ESCAPE + "g['kill'](g['getppid'](), 9)\n", "no_model"),
-        ("ptrace", ESCAPE + PTRACE_EVERYONE, "runtime"),
+        ("process_memory", ESCAPE + PROCESS_MEMORY, "runtime"),
     ]
     try:
         for name, program, kind in cases:
             score = worker.score(program, ENV)
-            if name == "ptrace":
-                assert "attached []" in score.message, score.message
+            if name == "process_memory":
+                assert "reached []" in score.message and "saw 0 " not in score.message, score
             assert_contained(worker, name, score, kind, canaries, good_score)
         with pytest.raises(TimeoutError):
             listener.accept()

@@ -114,8 +114,7 @@ def isolate_pid_namespace(max_file_bytes: int) -> None:
     if not compile_dir or not os.path.isdir(compile_dir):
         return
     uid, gid = os.getuid(), os.getgid()
-    # Its own /proc files must be its own to write its id maps; dumpable or not, this
-    # child can reach no other process (the worker and phase 2 stay non-dumpable).
+    # Its own /proc files must be its own to write its id maps (non-dumpable again below).
     _prctl(_PR_SET_DUMPABLE, 1)
     if _libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWPID) != 0:
         return
@@ -126,7 +125,10 @@ def isolate_pid_namespace(max_file_bytes: int) -> None:
     _check(_libc.unshare(_CLONE_NEWUSER | _CLONE_NEWNS), "unshare (locking the mounts)")
     _map_root_to(0, 0)
     # The program runs as pid 1 of a PID namespace of its own: no pid it can name is the
-    # worker's or phase 2's, so it cannot signal them. This process only waits for it.
+    # worker's or phase 2's, so it cannot signal them. This process only waits for it, and
+    # is non-dumpable from here on: it stays outside that namespace, where /proc still lists
+    # it, and a dumpable waiter's memory, open to the program, would be a way out.
+    _prctl(_PR_SET_DUMPABLE, 0)
     pid = os.fork()
     if pid:
         _, status = os.waitpid(pid, 0)
