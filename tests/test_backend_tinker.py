@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import logging
 import math
 import os
 import threading
 from concurrent.futures import Future
+from typing import Any
 
 import httpx
 import numpy as np
@@ -34,21 +34,22 @@ from fake_tinker import (
 )
 from tinker import types
 from tinker.lib.api_future_impl import QueueState
+from tinker.lib.queue_state_logger import QueueStateLogger
 from tinker.types import RequestErrorCategory
 
-from synthstats.backends import TrainBatch, build_backend
+from synthstats.backends import TrainBatch, build_backend, tinker_queue
 from synthstats.backends.local import LocalBackend
 from synthstats.backends.mock_model import qwen3_tokenizer_folder
 from synthstats.backends.tinker import CHECKPOINT_FILE, STATE_FILE, TinkerBackend, lora_blocks
 from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_connection import TinkerSetupError
 from synthstats.backends.tinker_datums import completion_log_probs, trajectory_datum
+from synthstats.backends.tinker_queue import SDK_SURFACE, sdk_surface_problems, watch_queue
 from synthstats.backends.tinker_retry import (
     TinkerBackendError,
     TinkerFatalError,
     TinkerStepError,
     TinkerTimeoutError,
-    watch_queue,
 )
 from synthstats.config import Config, ConfigError
 from synthstats.errors import PolicyStepError
@@ -390,12 +391,50 @@ def test_a_queue_wait_longer_than_the_timeout_is_waited_for(make_backend, server
         backend.sample("dugongs", prompt, [1.0])
 
 
-def test_queue_watch_hooks_into_the_sdks_own_observers():
-    """The 0.38 SDK passes a TrainingClient's _queue_state_logger, and a SamplingClient
-    itself, as the observer of every request; the watch takes their place and passes on."""
-    assert "self._queue_state_logger = QueueStateLogger" in inspect.getsource(
-        tinker.TrainingClient.__init__
+def test_the_sdk_still_reports_queue_state_where_the_watch_listens():
+    """SDK 0.38 has no public way to observe queues; tinker_queue.py hooks the observers its
+    clients already pass. This fails, naming the part, when an SDK update moves one."""
+    problems = sdk_surface_problems()
+    assert problems == [], (
+        f"tinker {tinker.__version__} changed what synthstats/backends/tinker_queue.py hooks "
+        f"into ({'; '.join(problems)}); it relies on: {'; '.join(SDK_SURFACE)}. Update "
+        "watch_queue and the fake (tests/fake_tinker.py) to the SDK's new way, or pin tinker 0.38"
     )
+
+
+class MovedObserverTrainingClient(tinker.TrainingClient):
+    """An SDK update that hands its futures another observer than _queue_state_logger."""
+
+    def __init__(self) -> None:
+        self._queue_state_logger = QueueStateLogger("model", "Training")
+
+    def submit(self, future_class: Any) -> Any:
+        return future_class(queue_state_observer=self._telemetry_observer)
+
+
+def test_a_moved_sdk_observer_is_named_and_the_watch_stands_down(monkeypatch, caplog):
+    monkeypatch.setattr(tinker, "TrainingClient", MovedObserverTrainingClient)
+    problems = sdk_surface_problems()
+    assert len(problems) == 1 and "self._telemetry_observer" in problems[0]
+    tinker_queue._surface_changed.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, "synthstats.backends.tinker_queue"):
+            assert watch_queue(MovedObserverTrainingClient()) is None
+        assert "queue reports cannot be heard" in caplog.text
+    finally:
+        tinker_queue._surface_changed.cache_clear()
+
+
+def test_queue_watch_hooks_into_the_real_sdk_clients_own_observers():
+    """Real SDK client classes, built without a session: the watch takes the observer's place
+    and passes every report on, so the SDK's own pause logging still runs."""
+    training = tinker.TrainingClient.__new__(tinker.TrainingClient)
+    logger = training._queue_state_logger = QueueStateLogger("model", "Training")
+    watch = watch_queue(training)
+    training._queue_state_logger.on_queue_state_change(QueueState.PAUSED_RATE_LIMIT, None)
+    assert watch.state == QueueState.PAUSED_RATE_LIMIT and watch.last_report is not None
+    assert logger._last_state == QueueState.PAUSED_RATE_LIMIT  # passed on to the SDK's logger
+
     sampler = tinker.SamplingClient.__new__(tinker.SamplingClient)  # no session needed
     sampler._last_queue_state_logged = 0.0
     sampler._sampling_session_id = "fake-session"
