@@ -11,6 +11,7 @@ import math
 import os
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -794,33 +795,36 @@ def test_reference_think_log_prob_scores_the_think_span_under_the_base_model(mak
 # ---- the real service (opt-in) -----------------------------------------------------------
 
 
-# Sampler and trainer run the same weights with different kernels; on the service their
-# log-probs of one completion agree to this many nats per token on average.
+# Largest allowed |mean per-token difference| between the sampler's and the trainer's
+# log-probs of one batch (nats per token). Both run the same weights with different kernels
+# (inference vs training forward pass, bf16 on the service), so they differ slightly; this
+# is tinker-cookbook's optim/kl_sample_train_v1 (rl/metrics.py, compute_kl_sample_train), which
+# its guidance keeps under 0.01 in stable RL training. 0.05 leaves room for that noise while
+# a real mismatch fails by far: a prompt/completion shift or a wrong prompt format scores
+# other tokens (nats per token), a sampler left on old weights after an update drifts.
 LIVE_LOG_PROB_TOLERANCE = 0.05
 
 
-@pytest.mark.skipif(
-    not os.environ.get("TINKER_API_KEY"), reason="live Tinker smoke test: set TINKER_API_KEY"
-)
-def test_live_tinker_samples_steps_resumes_and_agrees_with_its_sampler(tmp_path):
-    """Costs a few cents: model check, six samples, three training steps, one checkpoint
-    (deleted at the end), a resume.
+def sample_step_refresh_resume(
+    config: Config, directory: Path, *, expect_stops: bool
+) -> dict[str, float]:
+    """What a first real run does, through build_backend (the live test and its fake twin):
+    sample, step, step again after the sampler refresh, save, resume, step, release.
 
-    Checks what the backend assumes of the service: a completion that stopped carries its
-    stop token (log P_F includes the decision to stop); the sampler's log-probs of a
-    completion agree with the trainer's within LIVE_LOG_PROB_TOLERANCE per token; a second
-    step runs after the sampler refresh; a resumed client takes a step from the saved state.
+    Checks at each step that the sampler's log-probs of the batch agree with the trainer's
+    (LIVE_LOG_PROB_TOLERANCE), so the refreshed sampler carries the updated weights; that the
+    resumed backend's sampler scores the batch as the saved one did; and that the resumed
+    training client steps from the saved state. Returns the measured per-token gaps.
     """
-    config = config_for("tinker", policy__max_new_tokens=64, policy__retry_backoff_s=2.0)
-    config.policy.model_name = os.environ.get("SYNTHSTATS_TINKER_MODEL", "Qwen/Qwen3-8B")
-    config.policy.tokenizer = os.environ.get("SYNTHSTATS_TINKER_TOKENIZER", "")
     objective = build_objective(config.objective)
     backend = build_backend(config)
     prompt = backend.render_prompt([{"role": "user", "content": "Reply with the word yes."}])
+    gaps: dict[str, float] = {}
 
-    def sampled_batch() -> TrainBatch:
-        rollouts = backend.sample("dugongs", prompt, [1.0, 1.0])
-        assert any(not rollout.truncated for rollout in rollouts), rollouts
+    def sampled_batch(policy) -> TrainBatch:
+        rollouts = policy.sample("dugongs", prompt, [1.0, 1.0])
+        if expect_stops:  # log P_F includes the decision to stop: the stop token comes back
+            assert any(not rollout.truncated for rollout in rollouts), rollouts
         return TrainBatch(
             prompt_keys=["dugongs"] * 2,
             prompt_ids=[prompt] * 2,
@@ -828,28 +832,67 @@ def test_live_tinker_samples_steps_resumes_and_agrees_with_its_sampler(tmp_path)
             log_reward=torch.tensor([0.0, -1.0]),
         )
 
-    batch = sampled_batch()
-    sampler_log_pf = backend.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
-    metrics = backend.train_step(batch, objective)
-    tokens = sum(len(ids) for ids in batch.completion_ids)
-    assert metrics["tokens"] == tokens
-    assert metrics["log_pf_mean"] < 0
-    gap = abs(float(sampler_log_pf.mean()) - metrics["log_pf_mean"]) * 2 / tokens
-    assert gap <= LIVE_LOG_PROB_TOLERANCE, f"sampler vs trainer: {gap:.3f} nats per token"
+    def agreeing_step(policy, name: str) -> dict[str, float]:
+        batch = sampled_batch(policy)
+        sampler_log_pf = policy.sequence_log_probs(batch.prompt_ids, batch.completion_ids)
+        metrics = policy.train_step(batch, objective)  # trainer log-probs, then the update
+        tokens = sum(len(ids) for ids in batch.completion_ids)
+        assert metrics["tokens"] == tokens and metrics["log_pf_mean"] < 0
+        # Mean over the batch of summed log-probs, times B, over all tokens: per token.
+        gap = abs(float(sampler_log_pf.sum()) - metrics["log_pf_mean"] * 2) / tokens
+        assert gap <= LIVE_LOG_PROB_TOLERANCE, f"{name}: sampler vs trainer {gap:.4f} nats/token"
+        assert math.isfinite(metrics["loss"])
+        gaps[name] = gap
+        return metrics
 
-    second = backend.train_step(sampled_batch(), objective)  # after the sampler refresh
-    assert math.isfinite(second["loss"]) and backend.steps == 2
-    backend.save(tmp_path)
+    agreeing_step(backend, "step 1")
+    agreeing_step(backend, "step 2, after the sampler refresh")
+    assert backend.steps == 2
+    backend.save(directory)
+    try:
+        saved = json.loads((directory / CHECKPOINT_FILE).read_text())
+        assert saved["state_path"].startswith("tinker://")
+        assert saved["sampler_path"].startswith("tinker://")
+        check = sampled_batch(backend)
+        before = backend.sequence_log_probs(check.prompt_ids, check.completion_ids)
+
+        resumed = build_backend(config)
+        resumed.load(directory)
+        after = resumed.sequence_log_probs(check.prompt_ids, check.completion_ids)
+        tokens = sum(len(ids) for ids in check.completion_ids)
+        gaps["resumed sampler"] = float((after - before).abs().sum()) / tokens
+        assert gaps["resumed sampler"] <= LIVE_LOG_PROB_TOLERANCE, gaps
+        agreeing_step(resumed, "step 3, resumed from the saved state")
+        assert resumed.steps == 3
+    finally:
+        build_backend(config).release_checkpoint(directory)
+    return gaps
+
+
+@pytest.mark.skipif(
+    not os.environ.get("TINKER_API_KEY"), reason="live Tinker smoke test: set TINKER_API_KEY"
+)
+def test_live_tinker_samples_steps_resumes_and_agrees_with_its_sampler(tmp_path):
+    """Costs a few cents: model check, eight samples, three training steps, one checkpoint
+    (deleted at the end), a resume. SYNTHSTATS_TINKER_MODEL picks another model."""
+    config = config_for("tinker", policy__max_new_tokens=64, policy__retry_backoff_s=2.0)
+    config.policy.model_name = os.environ.get("SYNTHSTATS_TINKER_MODEL", "Qwen/Qwen3-8B")
+    config.policy.tokenizer = os.environ.get("SYNTHSTATS_TINKER_TOKENIZER", "")
+    gaps = sample_step_refresh_resume(config, tmp_path, expect_stops=True)
+    print("sampler vs trainer, nats per token:", gaps)
+
+
+def test_the_live_smoke_test_runs_on_the_fake_service(server, monkeypatch, tmp_path):
+    """The live test's own code, on the fake: every call it makes exists there, and the fake
+    sampler and trainer (one model) agree far inside the tolerance."""
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    monkeypatch.setattr("synthstats.backends.tinker.connect", server.connection)
+    gaps = sample_step_refresh_resume(config_for("tinker"), tmp_path, expect_stops=False)
+    assert max(gaps.values()) < 1e-3, gaps
+    assert "submit create_training_client_from_state_with_optimizer" in server.events
+    assert len(server.applied_grads) == 3
     saved = json.loads((tmp_path / CHECKPOINT_FILE).read_text())
-    assert saved["state_path"].startswith("tinker://")
-    assert saved["sampler_path"].startswith("tinker://")
-
-    resumed = build_backend(config)
-    resumed.load(tmp_path)
-    assert resumed.sample("dugongs", prompt, [1.0])  # from the saved sampler weights
-    third = resumed.train_step(batch, objective)  # from the saved training state
-    assert math.isfinite(third["loss"]) and resumed.steps == 3
-    build_backend(config).release_checkpoint(tmp_path)
+    assert {saved["state_path"], saved["sampler_path"]} <= set(server.deleted)  # released
 
 
 # ---- the command line, against the fake -------------------------------------------------
