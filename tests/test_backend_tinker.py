@@ -620,6 +620,43 @@ def test_a_missing_key_is_named_before_any_work(server, monkeypatch, tmp_path):
     assert server.events == []
 
 
+def test_preflight_refuses_no_key_and_an_unknown_model_before_the_run_folder(monkeypatch, tmp_path):
+    """synthstats-train checks both without a request, before output_dir exists."""
+    from click.testing import CliRunner
+
+    from synthstats.cli import train
+
+    monkeypatch.delenv("TINKER_API_KEY", raising=False)
+    monkeypatch.delenv("TINKER_CREDENTIAL_CMD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no stored `tinker auth login` key
+    run_dir = tmp_path / "run"
+    base = ["runner=tinker", "policy=tinker", "env=dugongs", f"output_dir={run_dir}"]
+    unknown = "policy.model_name=Qwen/Qwen3.5-4B"
+
+    no_key = CliRunner().invoke(train, base)
+    assert no_key.exit_code == 2, no_key.output
+    assert "needs an API key: set TINKER_API_KEY" in no_key.output
+    # Settings wrong on any machine come first, alone; then what this machine lacks.
+    family = CliRunner().invoke(train, [*base, unknown])
+    assert family.exit_code == 2, family.output
+    assert "'Qwen/Qwen3.5-4B' is not in the Tinker backend's family table" in family.output
+    spelled_out = [
+        unknown,
+        f"policy.tokenizer={qwen3_tokenizer_folder()}",
+        "policy.chat_format=qwen3_instruct",
+        "policy.head_size=151700",
+    ]
+    only_key = CliRunner().invoke(train, [*base, *spelled_out])
+    assert only_key.exit_code == 2 and "family table" not in only_key.output
+    assert "TINKER_API_KEY" in only_key.output
+
+    monkeypatch.setenv("TINKER_API_KEY", FAKE_KEY)
+    # The family is wrong on any machine: --dry-run refuses it too; the key is this machine's.
+    dry = CliRunner().invoke(train, [*base, unknown, "--dry-run"])
+    assert dry.exit_code == 2 and "family table" in dry.output
+    assert not run_dir.exists() and not (tmp_path / "home").exists()
+
+
 def test_an_unsupported_model_lists_the_supported_ones(make_backend):
     config = config_for("tinker")
     config.policy.model_name = "Qwen/Qwen3-4B-Instruct-2507"
