@@ -685,7 +685,7 @@ def test_a_model_outside_the_family_table_needs_tokenizer_format_and_head(make_b
 def test_each_family_renders_its_own_prompt_token_for_token(make_backend, model_name, chat_format):
     """Against the bundled Qwen3 template: hybrid with thinking off ends in an empty think
     block; Instruct-2507 has no think tags (for system and user turns its template renders
-    what the hybrid one does with thinking on); Base gets plain role lines."""
+    what the hybrid one does with thinking on); Base gets tinker-cookbook's role_colon lines."""
     server = FakeServer(None, models=[model_name])
     backend = make_backend(config_for("tinker", policy__model_name=model_name), fake=server)
     assert backend.chat.chat_format == chat_format and backend.head_size == QWEN3_HEAD
@@ -707,9 +707,16 @@ def test_each_family_renders_its_own_prompt_token_for_token(make_backend, model_
     elif chat_format == "qwen3_instruct":
         assert rendered == bundled(True)
         assert "<think>" not in tokenizer.decode(rendered)
-    else:
+    else:  # tinker-cookbook's role_colon layout: each piece tokenized on its own
+        pieces = ["System:", " Write a PyMC model.\n\n", "User:", " y = [1.2, 0.7]\n\n"]
+        expected = [
+            token
+            for piece in [*pieces, "Assistant:"]
+            for token in tokenizer(piece, add_special_tokens=False)["input_ids"]
+        ]
+        assert rendered == expected
         plain = "System: Write a PyMC model.\n\nUser: y = [1.2, 0.7]\n\nAssistant:"
-        assert rendered == tokenizer(plain, add_special_tokens=False)["input_ids"]
+        assert tokenizer.decode(rendered) == plain
 
 
 def test_thinking_latent_needs_think_tags_and_other_models_need_a_spelled_out_family(

@@ -17,7 +17,13 @@ Formats:
 - qwen3_instruct: chat_templates/qwen3_instruct_2507.jinja (source cited in the file):
   the same turns, no think tags at all.
 - role_plain: `System: ...\\n\\nUser: ...\\n\\nAssistant:` for base models, which were
-  never taught a chat template.
+  never taught a chat template. Laid out as tinker-cookbook's `role_colon` renderer, the
+  format its model_info recommends for every non-chat model (Qwen3 Base included;
+  thinking-machines-lab/tinker-cookbook, tinker_cookbook/renderers/role_colon.py at 44ac200,
+  model_info.py at 0269324): each turn's `Role:` and ` content\\n\\n` are tokenized as
+  separate pieces, then `Assistant:`; the tokens are those pieces' tokens, not the tokens of
+  the joined text. (Its `\\n\\nUser:` stop string is not sent: completions end at the
+  end-of-text token, see the README.)
 
 Any other model needs policy.tokenizer, policy.chat_format and policy.head_size.
 """
@@ -150,7 +156,18 @@ class ChatTokens:
         )
 
     def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        return self.tokenizer(self.render_text(messages), add_special_tokens=False)["input_ids"]
+        """The prompt's tokens; role_plain's are its pieces' tokens, as role_colon's are."""
+        if self.chat_format == "role_plain":
+            pieces = [
+                piece
+                for m in messages
+                for piece in (f"{m['role'].capitalize()}:", f" {m['content']}\n\n")
+            ]
+            return [token for piece in [*pieces, "Assistant:"] for token in self._encode(piece)]
+        return self._encode(self.render_text(messages))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def tokenize_completion(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
