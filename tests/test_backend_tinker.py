@@ -27,6 +27,7 @@ from fake_tinker import (
     FakeServer,
     Queued,
     Returns,
+    cut_at_stop_text,
     promise_expired,
     rate_limit_error,
     request_failed,
@@ -41,6 +42,7 @@ from tinker.types import RequestErrorCategory
 from synthstats.backends import TrainBatch, build_backend, tinker_queue
 from synthstats.backends.local import LocalBackend
 from synthstats.backends.mock_model import qwen3_tokenizer_folder
+from synthstats.backends.sampling import SampledIds
 from synthstats.backends.tinker import CHECKPOINT_FILE, STATE_FILE, TinkerBackend, lora_blocks
 from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_connection import TinkerSetupError
@@ -717,6 +719,29 @@ def test_each_family_renders_its_own_prompt_token_for_token(make_backend, model_
         assert rendered == expected
         plain = "System: Write a PyMC model.\n\nUser: y = [1.2, 0.7]\n\nAssistant:"
         assert tokenizer.decode(rendered) == plain
+
+
+def test_a_base_model_stops_at_the_next_turn_as_role_colon_does(make_backend, base_lm):
+    """role_colon's stop string: sent instead of stop ids, its tokens kept in the completion
+    (and its log P_F) and cut from the text; the end-of-text token still ends a sample."""
+    server = FakeServer(base_lm, models=["Qwen/Qwen3-8B-Base", "Qwen/Qwen3-8B"])
+    base = make_backend(config_for("tinker", policy__model_name="Qwen/Qwen3-8B-Base"), fake=server)
+    (rollout,) = base.sample("dugongs", base.render_prompt(MESSAGES), [1.0])
+    hybrid = make_backend(fake=server)
+    hybrid.sample("dugongs", hybrid.render_prompt(MESSAGES), [1.0])
+    assert server.sample_stops == [["\n\nUser:"], hybrid.chat.stop_ids]
+
+    chat = base.chat
+    turn_end = chat.tokenizer("x = 1\n\nUser:", add_special_tokens=False)["input_ids"]
+    end_of_text = chat.tokenize_completion("x = 1")
+    cut_short = end_of_text[:-1]
+    assert chat.ends_with_stop(turn_end) and chat.ends_with_stop(end_of_text)
+    assert not chat.ends_with_stop(cut_short)
+    assert {chat.decode_completion(ids) for ids in (turn_end, end_of_text, cut_short)} == {"x = 1"}
+    # The fake keeps the tokens that complete the stop string, as the service does.
+    longer = [*turn_end, 88, 89]
+    drawn = cut_at_stop_text(SampledIds(longer, True, [0.0] * len(longer)), ["\n\nUser:"])
+    assert (drawn.completion_ids, drawn.truncated) == (turn_end, False)
 
 
 def test_thinking_latent_needs_think_tags_and_other_models_need_a_spelled_out_family(

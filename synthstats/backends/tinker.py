@@ -247,7 +247,7 @@ class TinkerBackend:
         return types.SamplingParams(
             max_tokens=self.policy.max_new_tokens,
             temperature=temperature,
-            stop=list(self.chat.stop_ids),
+            stop=self.chat.sampling_stop(),
             seed=seed,
         )
 

@@ -22,8 +22,9 @@ Formats:
   thinking-machines-lab/tinker-cookbook, tinker_cookbook/renderers/role_colon.py at 44ac200,
   model_info.py at 0269324): each turn's `Role:` and ` content\\n\\n` are tokenized as
   separate pieces, then `Assistant:`; the tokens are those pieces' tokens, not the tokens of
-  the joined text. (Its `\\n\\nUser:` stop string is not sent: completions end at the
-  end-of-text token, see the README.)
+  the joined text. Sampling stops, as role_colon's does, at the text `\\n\\nUser:` (the
+  next turn; the service returns its tokens, which stay in the completion and its log P_F)
+  or at the end-of-text token.
 
 Any other model needs policy.tokenizer, policy.chat_format and policy.head_size.
 """
@@ -44,6 +45,8 @@ from synthstats.config import ConfigError, PolicyConfig
 # The end-of-turn and end-of-text tokens: either ends a sampled completion.
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 THINK_END = "</think>"
+# role_plain's end of turn, the stop string of tinker-cookbook's role_colon: the next turn.
+ROLE_PLAIN_STOP = "\n\nUser:"
 TEMPLATES = Path(__file__).with_name("chat_templates")
 QWEN3_HEAD = 151_936
 
@@ -134,6 +137,13 @@ class ChatTokens:
             {tokenizer.eos_token_id, *(vocabulary[t] for t in STOP_TOKENS if t in vocabulary)}
         )
         self.think_end_id = tokenizer.convert_tokens_to_ids(THINK_END)
+        self.stop_text = ROLE_PLAIN_STOP if chat_format == "role_plain" else None
+
+    def sampling_stop(self) -> list[str] | list[int]:
+        """SamplingParams.stop: the stop ids, or role_plain's stop string. The SDK takes one
+        kind, not both; with stop strings the end-of-text token still ends a sample (role_colon
+        parses such samples), only `stop=[]` turns that off."""
+        return [self.stop_text] if self.stop_text else list(self.stop_ids)
 
     def render_text(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The prompt as text, ending where the model's completion starts."""
@@ -174,11 +184,20 @@ class ChatTokens:
         return [*ids, self.tokenizer.eos_token_id]
 
     def decode_completion(self, completion_ids: Sequence[int]) -> str:
-        """The completion's text, without its final stop token."""
+        """The completion's text, without its final stop token or stop string."""
         ids = list(completion_ids)
         if ids and ids[-1] in self.stop_ids:
-            ids = ids[:-1]
-        return self.tokenizer.decode(ids)
+            return self.tokenizer.decode(ids[:-1])
+        text = self.tokenizer.decode(ids)
+        if self.stop_text and text.endswith(self.stop_text):
+            return text[: -len(self.stop_text)]
+        return text
 
     def ends_with_stop(self, completion_ids: Sequence[int]) -> bool:
-        return bool(completion_ids) and completion_ids[-1] in self.stop_ids
+        if not completion_ids:
+            return False
+        if completion_ids[-1] in self.stop_ids:
+            return True
+        return bool(self.stop_text) and self.tokenizer.decode(completion_ids).endswith(
+            self.stop_text
+        )
