@@ -36,7 +36,8 @@ from typing import Any
 import tinker
 from tinker.lib.api_future_impl import QueueState, QueueStateObserver
 
-# What this module relies on, as the problems sdk_surface_problems() would report.
+# What this module relies on; the surface test quotes it when sdk_surface_problems() finds
+# a part gone.
 SDK_SURFACE = (
     "tinker.lib.api_future_impl.QueueState has ACTIVE, PAUSED_RATE_LIMIT, PAUSED_CAPACITY, UNKNOWN",
     "QueueStateObserver.on_queue_state_change(queue_state, queue_state_reason) is its one "
