@@ -23,6 +23,9 @@ backward from the weights the SDK sends, AdamW steps and checkpoints really happ
   create_sampling_client(model_path=) serves saved sampler weights.
 - sample: a seed applies to the whole request, as a service may apply it: all num_samples
   sequences of one request draw from the same seeded generator state, so they are equal.
+  `stop` takes token ids or strings; with strings the end-of-text ids still stop, and a
+  sample ends with the tokens that complete a stop string (as tinker-cookbook's role_colon
+  parser expects of the service).
 - compute_logprobs: the sampler's own forward pass, at temperature 1 as in the SDK (which
   sends SamplingParams' default temperature); prompt_logprobs_last_n scores only that suffix.
 - queue reports: a training client passes them to its `_queue_state_logger` (a real
@@ -42,6 +45,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import copy
+import functools
 import itertools
 import threading
 import time
@@ -69,7 +73,7 @@ from synthstats.backends.mock_model import (
     cached_model_folder,
     qwen3_tokenizer_folder,
 )
-from synthstats.backends.sampling import sample_completions
+from synthstats.backends.sampling import SampledIds, sample_completions
 from synthstats.backends.tinker_chat import QWEN3_HEAD
 from synthstats.backends.tinker_connection import TinkerConnection
 
@@ -233,6 +237,7 @@ class FakeServer:
         self.clock = 0.0  # seconds, for ttl_seconds; tests move it
         self.lora_requests: list[dict[str, Any]] = []
         self.sample_requests: list[tuple[int, int | None]] = []  # (num_samples, seed)
+        self.sample_stops: list[Any] = []  # SamplingParams.stop of each request
         self.sample_versions: list[int] = []
         self.unstall = threading.Event()
         self.worker = Worker(self)
@@ -464,8 +469,13 @@ class FakeSamplingClient(QueueStateObserver):
     ) -> FakeFuture:
         self.server.sample_versions.append(self.version)
         self.server.sample_requests.append((num_samples, sampling_params.seed))
+        self.server.sample_stops.append(sampling_params.stop)
 
-        def draw() -> list[int]:
+        stop = sampling_params.stop
+        stop_texts = [stop] if isinstance(stop, str) else [s for s in stop if isinstance(s, str)]
+        stop_ids = list(self.lm.config.eos_token_id) if stop_texts else list(stop)
+
+        def draw() -> SampledIds:
             generator = torch.Generator()
             if sampling_params.seed is None:
                 generator.seed()
@@ -477,11 +487,11 @@ class FakeSamplingClient(QueueStateObserver):
                     prompt.to_ints(),
                     torch.tensor([float(sampling_params.temperature)]),
                     max_new_tokens=sampling_params.max_tokens,
-                    stop_ids=list(sampling_params.stop),
+                    stop_ids=stop_ids,
                     vocab_size=self.lm.config.vocab_size,  # the whole head, as the service
                     generator=generator,
                 )
-            return drawn
+            return cut_at_stop_text(drawn, stop_texts)
 
         def run() -> types.SampleResponse:
             drawn = [draw() for _ in range(num_samples)]
@@ -514,6 +524,22 @@ class FakeSamplingClient(QueueStateObserver):
             return [None] * first + scores.tolist()
 
         return self.worker.submit("compute_logprobs", run)
+
+
+def cut_at_stop_text(drawn: SampledIds, stop_texts: Sequence[str]) -> SampledIds:
+    """drawn up to the first token whose text completes a stop string, which is kept."""
+    if not stop_texts:
+        return drawn
+    tokenizer = service_tokenizer()
+    for end in range(1, len(drawn.completion_ids) + 1):
+        if any(text in tokenizer.decode(drawn.completion_ids[:end]) for text in stop_texts):
+            return SampledIds(drawn.completion_ids[:end], False, drawn.log_probs[:end])
+    return drawn
+
+
+@functools.cache
+def service_tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(service_model_folder(), local_files_only=True)
 
 
 def token_logprobs(

@@ -58,8 +58,8 @@ from synthstats.backends.tinker_datums import (
     scored_completion,
     trajectory_datum,
 )
+from synthstats.backends.tinker_queue import QueueWatch, watch_queue
 from synthstats.backends.tinker_retry import (
-    QueueWatch,
     RetryPolicy,
     TinkerBackendError,
     TinkerFatalError,
@@ -69,7 +69,6 @@ from synthstats.backends.tinker_retry import (
     request,
     wait,
     wait_with_retries,
-    watch_queue,
     with_retries,
 )
 from synthstats.config import ConfigError, ObjectiveConfig, PolicyConfig, TrainConfig
@@ -248,7 +247,7 @@ class TinkerBackend:
         return types.SamplingParams(
             max_tokens=self.policy.max_new_tokens,
             temperature=temperature,
-            stop=list(self.chat.stop_ids),
+            stop=self.chat.sampling_stop(),
             seed=seed,
         )
 

@@ -17,7 +17,14 @@ Formats:
 - qwen3_instruct: chat_templates/qwen3_instruct_2507.jinja (source cited in the file):
   the same turns, no think tags at all.
 - role_plain: `System: ...\\n\\nUser: ...\\n\\nAssistant:` for base models, which were
-  never taught a chat template.
+  never taught a chat template. Laid out as tinker-cookbook's `role_colon` renderer, the
+  format its model_info recommends for every non-chat model (Qwen3 Base included;
+  thinking-machines-lab/tinker-cookbook, tinker_cookbook/renderers/role_colon.py at 44ac200,
+  model_info.py at 0269324): each turn's `Role:` and ` content\\n\\n` are tokenized as
+  separate pieces, then `Assistant:`; the tokens are those pieces' tokens, not the tokens of
+  the joined text. Sampling stops, as role_colon's does, at the text `\\n\\nUser:` (the
+  next turn; the service returns its tokens, which stay in the completion and its log P_F)
+  or at the end-of-text token.
 
 Any other model needs policy.tokenizer, policy.chat_format and policy.head_size.
 """
@@ -38,6 +45,8 @@ from synthstats.config import ConfigError, PolicyConfig
 # The end-of-turn and end-of-text tokens: either ends a sampled completion.
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 THINK_END = "</think>"
+# role_plain's end of turn, the stop string of tinker-cookbook's role_colon: the next turn.
+ROLE_PLAIN_STOP = "\n\nUser:"
 TEMPLATES = Path(__file__).with_name("chat_templates")
 QWEN3_HEAD = 151_936
 
@@ -128,6 +137,13 @@ class ChatTokens:
             {tokenizer.eos_token_id, *(vocabulary[t] for t in STOP_TOKENS if t in vocabulary)}
         )
         self.think_end_id = tokenizer.convert_tokens_to_ids(THINK_END)
+        self.stop_text = ROLE_PLAIN_STOP if chat_format == "role_plain" else None
+
+    def sampling_stop(self) -> list[str] | list[int]:
+        """SamplingParams.stop: the stop ids, or role_plain's stop string. The SDK takes one
+        kind, not both; with stop strings the end-of-text token still ends a sample (role_colon
+        parses such samples), only `stop=[]` turns that off."""
+        return [self.stop_text] if self.stop_text else list(self.stop_ids)
 
     def render_text(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The prompt as text, ending where the model's completion starts."""
@@ -150,18 +166,38 @@ class ChatTokens:
         )
 
     def render_prompt(self, messages: Sequence[Mapping[str, str]]) -> list[int]:
-        return self.tokenizer(self.render_text(messages), add_special_tokens=False)["input_ids"]
+        """The prompt's tokens; role_plain's are its pieces' tokens, as role_colon's are."""
+        if self.chat_format == "role_plain":
+            pieces = [
+                piece
+                for m in messages
+                for piece in (f"{m['role'].capitalize()}:", f" {m['content']}\n\n")
+            ]
+            return [token for piece in [*pieces, "Assistant:"] for token in self._encode(piece)]
+        return self._encode(self.render_text(messages))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def tokenize_completion(self, text: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return [*ids, self.tokenizer.eos_token_id]
 
     def decode_completion(self, completion_ids: Sequence[int]) -> str:
-        """The completion's text, without its final stop token."""
+        """The completion's text, without its final stop token or stop string."""
         ids = list(completion_ids)
         if ids and ids[-1] in self.stop_ids:
-            ids = ids[:-1]
-        return self.tokenizer.decode(ids)
+            return self.tokenizer.decode(ids[:-1])
+        text = self.tokenizer.decode(ids)
+        if self.stop_text and text.endswith(self.stop_text):
+            return text[: -len(self.stop_text)]
+        return text
 
     def ends_with_stop(self, completion_ids: Sequence[int]) -> bool:
-        return bool(completion_ids) and completion_ids[-1] in self.stop_ids
+        if not completion_ids:
+            return False
+        if completion_ids[-1] in self.stop_ids:
+            return True
+        return bool(self.stop_text) and self.tokenizer.decode(completion_ids).endswith(
+            self.stop_text
+        )

@@ -14,8 +14,9 @@ no end. What reaches us, and what happens to it here:
 - a poisoned training client (the SDK's `RuntimeError` after a failed custom
   forward-backward): the step failed (TinkerStepError), the client cannot go on.
 - no answer: `policy.request_timeout_s` is the longest *silence* allowed. The SDK reports
-  the service's queue state to a `QueueStateObserver` on every poll of a queued or running
-  request; a `QueueWatch` records those reports, so a request that keeps being reported is
+  the service's queue state on every poll of a queued request; a `QueueWatch`
+  (tinker_queue.py, which says how it hears them) records those reports, so a request that
+  keeps being reported is
   waiting in the queue and is waited for (up to policy.queue_timeout_s), while one with
   neither an answer nor a report for request_timeout_s is dead (TinkerTimeoutError). A
   timeout is never retried: the request may still complete, and sending it again could
@@ -36,10 +37,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import tinker
-from tinker.lib.api_future_impl import QueueState, QueueStateObserver
 from tinker.lib.retryable_exception import RetryableException
 from tinker.types import RequestErrorCategory
 
+from synthstats.backends.tinker_queue import QueueWatch
 from synthstats.errors import PolicyStepError, UserFacingError
 
 log = logging.getLogger(__name__)
@@ -83,42 +84,6 @@ class RetryPolicy:
     def delay(self, retry: int) -> float:
         """Full jitter: uniform in [0, backoff_s * 2**retry], capped."""
         return random.uniform(0.0, min(MAX_BACKOFF_S, self.backoff_s * 2**retry))
-
-
-class QueueWatch(QueueStateObserver):
-    """The last queue report the SDK passed to one client's observer, passed on unchanged."""
-
-    def __init__(self, forward: Callable[[QueueState, str | None], None] | None = None) -> None:
-        self._forward = forward
-        self.last_report: float | None = None  # time.monotonic() of the last report
-        self.state: QueueState | None = None
-        self.reason: str | None = None
-
-    def on_queue_state_change(
-        self, queue_state: QueueState, queue_state_reason: str | None
-    ) -> None:
-        self.last_report = time.monotonic()
-        self.state, self.reason = queue_state, queue_state_reason
-        if self._forward is not None:
-            self._forward(queue_state, queue_state_reason)
-
-
-def watch_queue(client: Any) -> QueueWatch | None:
-    """Hook a QueueWatch into a 0.38 training or sampling client (None if it has no hook).
-
-    The SDK passes a TrainingClient's `_queue_state_logger`, and a SamplingClient itself,
-    as the observer of every request it makes; both keep their own logging.
-    """
-    logger = getattr(client, "_queue_state_logger", None)
-    if logger is not None:
-        watch = QueueWatch(logger.on_queue_state_change)
-        client._queue_state_logger = watch
-        return watch
-    if isinstance(client, QueueStateObserver):
-        watch = QueueWatch(client.on_queue_state_change)
-        client.on_queue_state_change = watch.on_queue_state_change  # type: ignore[method-assign]
-        return watch
-    return None
 
 
 def is_transient(error: BaseException) -> bool:

@@ -1,6 +1,7 @@
 """Inputs checked before a run creates anything: the env, the output directory, the model,
-the SFT file. Each costs milliseconds (a hub lookup at most), against the half minute a
-model load and a judge pool take before a late failure would surface.
+the SFT file, and for Tinker the model family and the API key. Each costs milliseconds (a hub
+lookup at most; the Tinker checks make no request), against the half minute a model load and
+a judge pool take before a late failure would surface.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from synthstats.train.checkpoint import latest_checkpoint
 
 def check_settings(config: Config) -> None:
     """Raise one ConfigError for settings wrong on any machine: the env, its program space."""
-    found = [*_env_problems(config), *_slot_problems(config)]
+    found = [*_env_problems(config), *_slot_problems(config), *_tinker_model_problems(config)]
     if found:
         raise ConfigError(*found)
 
@@ -29,6 +30,8 @@ def check_inputs(config: Config) -> None:
         *_slot_problems(config),
         *_output_dir_problems(config),
         *_model_problems(config),
+        *_tinker_model_problems(config),
+        *_tinker_key_problems(config),
         *_sft_problems(config),
     ]
     if found:
@@ -55,6 +58,32 @@ def _slot_problems(config: Config) -> list[str]:
         f"default) needs ({', '.join(sorted(SPACES))} have one); for other envs choose a "
         "language model, e.g. policy=hf_qwen3_0_6b"
     ]
+
+
+def _tinker_model_problems(config: Config) -> list[str]:
+    """A hosted model outside the family table, without tokenizer, format and head size."""
+    if config.policy.kind != "tinker":
+        return []
+    from synthstats.backends.tinker_chat import model_family
+
+    try:
+        model_family(config.policy)
+    except ConfigError as error:
+        return error.problems
+    return []
+
+
+def _tinker_key_problems(config: Config) -> list[str]:
+    """No key where the SDK looks (environment, credential command, `tinker auth login`)."""
+    if config.policy.kind != "tinker":
+        return []
+    from synthstats.backends.tinker_connection import TinkerSetupError, require_credentials
+
+    try:
+        require_credentials()
+    except TinkerSetupError as error:
+        return [str(error)]
+    return []
 
 
 def _output_dir_problems(config: Config) -> list[str]:
