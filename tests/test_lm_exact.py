@@ -11,8 +11,9 @@ import json
 from synthstats.backends.mock_model import MOCK_ARCHITECTURE
 from synthstats.envs import get_env
 from synthstats.envs.spaces import get_space
+from synthstats.envs.spaces.failures import failure_programs
 from synthstats.envs.spaces.grammar import Choice, ProgramSpace, Slot
-from synthstats.eval.lm_exact import build_target, failure_programs, run_lm_exact, space_target
+from synthstats.eval.lm_exact import build_target, run_lm_exact, space_target
 from synthstats.judge.score import Score
 
 # Short programs (12 tokens in canonical form): on the shared 2-core CPU one step of the

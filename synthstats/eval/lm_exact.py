@@ -8,8 +8,9 @@ about +-1), through the local backend's sampling, scoring and update code and th
 backend-agnostic loop, on a space's target with failure programs added:
 
 - valid programs: the space's, paid exp((elpd - best) / T) from its shipped scores;
-- failure programs: `failure_programs(space)`, edits of its first program that the real
-  judge's gate refuses (checked when the target is built); any other canonical completion
+- failure programs: `failure_programs(space)` (synthstats/envs/spaces/failures.py, shared
+  with the slot job), edits of its first program that the real judge's gate refuses
+  (checked when the target is built); any other canonical completion
   fails too, and a noncanonical one fails in the loop before any judge sees it.
 
 p_theta of each program is exact: teacher forcing its canonical completion (stop token
@@ -31,13 +32,12 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -49,8 +49,9 @@ from synthstats.config import Config, to_yaml
 from synthstats.envs import get_env
 from synthstats.envs.base import Env
 from synthstats.envs.spaces import get_space
+from synthstats.envs.spaces.failures import failure_programs
 from synthstats.envs.spaces.grammar import ProgramSpace
-from synthstats.eval.metrics import exact_metrics
+from synthstats.eval.metrics import exact_metrics_given_valid
 from synthstats.eval.target import space_log_rewards, space_reference_elpd
 from synthstats.judge.score import Score
 from synthstats.judge.scoring import prepare
@@ -69,13 +70,6 @@ ARCHITECTURE = {
     "max_position_embeddings": 8192,
     "tie_word_embeddings": True,
 }
-# Edits of a valid program that the judge's static gate refuses.
-_FAILURE_EDITS: tuple[Callable[[str], str], ...] = (
-    lambda program: "import os\n" + program,
-    lambda program: program + '\nopen("data.csv")',
-    lambda program: program + '\neval("1")',
-    lambda program: program + "\ndef broken(:",
-)
 
 
 @dataclass(frozen=True)
@@ -107,12 +101,6 @@ class TargetJudge:
         future: Future[list[Score]] = Future()
         future.set_result([self.known.get(text, outside) for text in programs])
         return future
-
-
-def failure_programs(space: ProgramSpace) -> list[str]:
-    """Canonical completions of at least four programs the real gate refuses."""
-    program = space.render(space.paths()[0])
-    return [canonical_completion(edit(program), "off") for edit in _FAILURE_EDITS]
 
 
 def space_target(space: ProgramSpace, *, temperature: float | None = None) -> LMTarget:
@@ -154,14 +142,10 @@ def measure(backend: LocalBackend, prompt_ids: Sequence[int], target: LMTarget) 
         chunk = ids[start : start + 8]
         log_p += backend.sequence_log_probs([prompt_ids] * len(chunk), chunk).tolist()
     by_text = dict(zip(texts, log_p, strict=True))
-    valid_log_p = np.array([by_text[text] for text in target.log_reward])
-    p_valid = float(np.exp(valid_log_p).sum())
     declared = float(sum(math.exp(by_text[text]) for text in target.failures))
-    conditional = {text: by_text[text] - math.log(p_valid) for text in target.log_reward}
     learned_log_z = float(backend.module.log_z([backend_key(backend)]).item())
-    # exact_metrics measures |log Z' - log sum R|; the derivation's log Z is
-    # log sum R - log p(valid), so log Z + log p(valid) is compared.
-    metrics = exact_metrics(target.log_reward, conditional, learned_log_z + math.log(p_valid))
+    metrics = exact_metrics_given_valid(target.log_reward, by_text, learned_log_z)
+    p_valid = metrics.p_valid
     return {
         "tv": metrics.tv,
         "kl": metrics.kl,
