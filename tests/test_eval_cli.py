@@ -149,7 +149,6 @@ def test_eval_log_p_of_a_latent_thinking_policy_is_what_training_matched_to_log_
     log-probs (adapter on) less the think span's under the base model (adapter off)."""
     config = Config()
     config.policy.thinking = "latent"
-    config.policy.lora_dropout = 0.0
     backend = build_backend(config)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # LoRA B starts at zero: move it so the policy is not p_ref

@@ -324,7 +324,6 @@ def test_supervised_phase_lowers_the_demonstrations_nll(tmp_path):
     config = sft_config(
         write_lines(tmp_path / "d.jsonl", [{"completion": fenced("x = 1\n"), "elpd": 1.0}]),
         "policy=mock",
-        "policy.lora_dropout=0.0",
         "runner.train.learning_rate=0.01",
         "runner.train.batch_size=2",
         "sft_warmstart.nll_steps=6",

@@ -230,7 +230,6 @@ def job_config(
     config = Config()
     config.env.name = env_name
     config.policy.kind = "mock"
-    config.policy.lora_dropout = 0.0
     config.policy.max_new_tokens = max_new_tokens
     config.objective.loss = "tb"
     config.objective.log_z_lr = 0.05
