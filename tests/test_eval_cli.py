@@ -139,7 +139,7 @@ def test_eval_of_a_slot_run_reports_the_validation_jobs_exact_metrics(tmp_path):
     assert report["policy_kind"] == "slot" and report["step"] == 2
     last = json.loads((run_dir / "evaluation.jsonl").read_text().splitlines()[-1])
     assert last["policy"] == "gflownet" and last["step"] == 2
-    for key in ("tv", "kl", "logz_error", "spearman"):
+    for key in ("tv", "kl", "logz_error", "spearman", "p_valid"):
         assert report["exact"][key] == pytest.approx(last[key], abs=1e-6), key
 
 
