@@ -182,7 +182,9 @@ def measure(backend: LocalBackend, prompt_ids: Sequence[int], target: LMTarget) 
         "logz_error": metrics.logz_error,
         "log_partition": metrics.log_partition,
         "modes_covered": metrics.modes_covered,
-        "p_given_valid": {text: math.exp(by_text[text]) / p_valid for text in target.log_reward},
+        "p_given_valid": {
+            text: math.exp(by_text[text] - log_p_valid) for text in target.log_reward
+        },
     }
 
 
