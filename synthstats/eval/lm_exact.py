@@ -70,11 +70,11 @@ from synthstats.train.sft import supervised_phase
 
 log = logging.getLogger("synthstats.eval")
 
-# Small but able to memorise a few dozen programs; the LM head over 151k tokens dominates.
-# The slot policy's transformer, over the real Qwen3 tokenizer's vocabulary and chat prompts.
-# The issue's targets for this path: TV(p*, p_theta(. | valid)) and p(valid).
+# What this path must reach (issue 18): TV(p*, p_theta(. | valid)) and p(valid).
 LM_TV_GOAL = 0.10
 LM_P_VALID_GOAL = 0.95
+# Small but able to memorise a few dozen programs; the LM head over 151k tokens dominates.
+# The slot policy's transformer, over the real Qwen3 tokenizer's vocabulary and chat prompts.
 ARCHITECTURE = {
     **SLOT_ARCHITECTURE,
     "max_position_embeddings": 8192,
