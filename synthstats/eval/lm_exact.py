@@ -218,7 +218,8 @@ class PhaseTracker:
 
 
 def _without_programs(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in row.items() if key != "p_given_valid"}
+    """A phase's metrics for JSON: no per-program table, null for an infinite KL."""
+    return finite({key: value for key, value in row.items() if key != "p_given_valid"})
 
 
 def backend_key(backend: LocalBackend) -> str:
