@@ -95,10 +95,20 @@ class SlotVocabulary:
 
     def text_of(self, path: ProgramPath) -> str:
         """The completion text of a path: the program's, or its failure edit's."""
-        program, edit = path[:-1], path[-1]
-        if edit == 0:
-            return self.space.completion(program)
-        return failure_completion(self.space, program, EDITS[edit])
+        return self._text_by_path[tuple(path)]
+
+    @cached_property
+    def _text_by_path(self) -> dict[ProgramPath, str]:
+        """Rendered once: every exact evaluation names all completions."""
+        texts = {}
+        for *program, edit in self.paths():
+            path = tuple(program)
+            texts[(*path, edit)] = (
+                self.space.completion(path)
+                if edit == 0
+                else failure_completion(self.space, path, EDITS[edit])
+            )
+        return texts
 
     def path_of_text(self, text: str) -> ProgramPath:
         """The path whose completion is exactly this text; ValueError for any other."""
@@ -111,7 +121,7 @@ class SlotVocabulary:
 
     @cached_property
     def _path_by_text(self) -> dict[str, ProgramPath]:
-        return {self.text_of(path): path for path in self.paths()}
+        return {text: path for path, text in self._text_by_path.items()}
 
     def ids_of(self, path: ProgramPath) -> list[int]:
         """The completion ids of a path: its choice tokens, its edit, then EOS."""
