@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from synthstats.backends.canonical import FENCE_CLOSE, FENCE_OPEN, canonical_completion
 from synthstats.config import resolve
 from synthstats.envs import get_env
 from synthstats.envs.spaces import SPACES, Choice, ProgramSpace, Slot, get_space
@@ -208,6 +209,8 @@ def test_every_failure_edit_of_every_program_is_refused_by_the_gate(name):
     failures = every_failure_program(space)
     assert len(failures) == len(FAILURE_EDITS) * len(space) == len(set(failures))
     assert not set(failures) & set(space.completions)
+    for text in failures:  # canonical, as the loop requires of every paid or failed completion
+        assert canonical_completion(text[len(FENCE_OPEN) : -len(FENCE_CLOSE)], "off") == text
     scores = ShippedScoresJudge(space, failures).score(get_env(name), failures)
     assert {score.error_kind for score in scores} == {"forbidden", "syntax"}
     with pytest.raises(ValueError, match="passes the judge's gate"):

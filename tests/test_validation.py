@@ -14,6 +14,7 @@ from synthstats.cli import train
 from synthstats.config import resolve
 from synthstats.envs.spaces import get_space
 from synthstats.eval.baseline import PolicyGradient
+from synthstats.eval.lm_exact import slot_numbers
 from synthstats.eval.recipe import SLOT_LOG_Z_LR, SLOT_STEPS, apply_slot_recipe
 
 STEPS = 120
@@ -51,6 +52,14 @@ def test_short_run_moves_towards_the_target(short_run):
     # failure term drives failure mass down
     assert report["failure_programs"] == 4 * len(get_space("dugongs"))
     assert report["p_valid_initial"] < 0.3 and report["p_valid"] > 0.6
+
+
+def test_the_lm_job_reads_the_slot_numbers_it_puts_beside_its_own(short_run):
+    run_dir, _ = short_run
+    report = json.loads((run_dir / "report.json").read_text())
+    numbers = slot_numbers(report)
+    assert numbers["env"] == "dugongs" and numbers["steps"] == STEPS
+    assert (numbers["tv"], numbers["p_valid"]) == (report["tv"], report["p_valid"])
 
 
 def test_report_has_every_field(short_run):
