@@ -56,10 +56,12 @@ class PolicyConfig:
     kind: Literal["hf", "mock", "tinker", "slot"] = "mock"
     # Hub id or local folder of the base model (hf), or the Tinker base model name.
     model_name: str = ""
-    # LoRA rank, scale and dropout for the trainable adapter.
+    # LoRA rank and scale for the trainable adapter.
     lora_r: int = 16
     lora_alpha: int = 32
-    lora_dropout: float = 0.05
+    # Must stay 0: every log P_F a loss uses is computed with dropout off (so the loss fits
+    # the sampler's own probabilities), so LoRA dropout would have no effect.
+    lora_dropout: float = 0.0
     # Module names that receive LoRA adapters.
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -332,8 +334,12 @@ def problems(config: Config) -> list[str]:
         )
     if not policy.lora_target_modules:
         found.append("policy.lora_target_modules must name at least one module, e.g. [q_proj]")
-    if not 0.0 <= policy.lora_dropout < 1.0:
-        found.append(f"policy.lora_dropout must be in [0, 1), got {policy.lora_dropout}")
+    if policy.lora_dropout != 0.0:
+        found.append(
+            f"policy.lora_dropout={policy.lora_dropout} would have no effect: every log P_F "
+            "the loss uses is computed with dropout off, so that it is the sampler's own "
+            "(README, 'Dropout'); remove the setting or set policy.lora_dropout=0"
+        )
     objective = config.objective
     if not 0.0 < objective.lamda <= 1.0:
         found.append(f"objective.lamda must be in (0, 1], got {objective.lamda}")

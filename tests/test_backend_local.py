@@ -27,7 +27,6 @@ MESSAGES = [
 def mock_config(**overrides: object) -> Config:
     config = Config()
     config.policy.max_new_tokens = 8
-    config.policy.lora_dropout = 0.0
     for dotted, value in overrides.items():
         section, key = dotted.split("__")
         setattr(getattr(config, section), key, value)
@@ -388,12 +387,13 @@ def test_build_backend_refuses_what_it_cannot_build():
         build_backend(mock_config(policy__kind="hf", policy__model_name=""))
 
 
-def test_the_loss_reads_the_samplers_log_pf_at_the_default_lora_dropout():
-    """With lora_dropout at its default 0.05, the train-mode log P_F the loss uses equals,
-    token for token, the log-probability the sampler drew each id with."""
+def test_the_loss_reads_the_samplers_log_pf_even_with_dropout_modules_in_the_model():
+    """The train-mode log P_F the loss uses equals, token for token, the log-probability the
+    sampler drew each id with, even in a model with dropout modules (here LoRA's at 0.05,
+    which the config now refuses as having no effect; Config() skips that validation)."""
     config = Config()
     config.policy.max_new_tokens = 6
-    assert config.policy.lora_dropout == 0.05
+    config.policy.lora_dropout = 0.05
     local = build_backend(config)
     perturb_adapter(local)
     prompt = local.render_prompt(MESSAGES)

@@ -70,7 +70,6 @@ def config_for(runner: str, **overrides: object) -> Config:
     """A tiny run config; runner=tinker uses the hosted-policy fields, local the mock model."""
     config = Config()
     config.policy.max_new_tokens = 8
-    config.policy.lora_dropout = 0.0
     config.policy.retry_backoff_s = 0.001
     config.runner.name = runner
     if runner == "tinker":
@@ -1009,7 +1008,6 @@ def test_cli_trains_and_resumes_with_runner_tinker(server, monkeypatch, tmp_path
         "runner.train.batch_size=2",
         "runner.train.checkpoint_every=1",
         "policy.max_new_tokens=6",
-        "policy.lora_dropout=0.0",
         "--no-progress",
     ]
     first = CliRunner().invoke(train, [*arguments, "runner.train.steps=2", f"output_dir={run_dir}"])
@@ -1054,7 +1052,6 @@ def test_a_failed_step_reloads_the_last_checkpoint_in_process(base_lm, monkeypat
         "runner.train.checkpoint_every=1",
         "runner.train.learning_rate=0.01",
         "policy.max_new_tokens=6",
-        "policy.lora_dropout=0.0",
         "--no-progress",
     ]
     losses = {}
@@ -1162,7 +1159,6 @@ def test_eval_of_a_tinker_run_samples_and_scores_its_recorded_sampler(
         "runner.train.batch_size=2",
         "runner.train.checkpoint_every=1",
         "policy.max_new_tokens=6",
-        "policy.lora_dropout=0.0",
         f"output_dir={run_dir}",
         "--no-progress",
     ]

@@ -302,6 +302,7 @@ def test_provenance_records_only_what_the_user_set(tmp_path):
             "temperature_min must be <= temperature_max",
         ),
         ("policy.lora_target_modules=[]", "policy.lora_target_modules must name at least one"),
+        ("policy.lora_dropout=0.05", "policy.lora_dropout=0.05 would have no effect"),
         ("policy.thinking=on", "policy.thinking: expected 'off' | 'latent', got 'on'"),
         ("logging.every=0", "logging.every must be >= 1, got 0"),
         ("runner.train.keep_checkpoints=0", "runner.train.keep_checkpoints must be >= 1"),

@@ -76,7 +76,6 @@ def train_arguments(run_dir: Path, demonstrations: Path, cache: Path) -> list[st
         "runner.train.batch_size=4",
         "runner.train.replay_fraction=0.5",
         "policy.max_new_tokens=128",  # the reference demonstration is 123 tokens
-        "policy.lora_dropout=0.0",
         f"output_dir={run_dir}",
         "sft_warmstart.enabled=true",
         f"sft_warmstart.data_path={demonstrations}",

@@ -139,7 +139,7 @@ def test_eval_of_a_slot_run_reports_the_validation_jobs_exact_metrics(tmp_path):
     assert report["policy_kind"] == "slot" and report["step"] == 2
     last = json.loads((run_dir / "evaluation.jsonl").read_text().splitlines()[-1])
     assert last["policy"] == "gflownet" and last["step"] == 2
-    for key in ("tv", "kl", "logz_error", "spearman"):
+    for key in ("tv", "kl", "logz_error", "spearman", "p_valid"):
         assert report["exact"][key] == pytest.approx(last[key], abs=1e-6), key
 
 
@@ -149,7 +149,6 @@ def test_eval_log_p_of_a_latent_thinking_policy_is_what_training_matched_to_log_
     log-probs (adapter on) less the think span's under the base model (adapter off)."""
     config = Config()
     config.policy.thinking = "latent"
-    config.policy.lora_dropout = 0.0
     backend = build_backend(config)
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():  # LoRA B starts at zero: move it so the policy is not p_ref

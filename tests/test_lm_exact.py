@@ -8,11 +8,14 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import pytest
+
 from synthstats.backends.mock_model import MOCK_ARCHITECTURE
 from synthstats.envs import get_env
 from synthstats.envs.spaces import get_space
+from synthstats.envs.spaces.failures import failure_programs
 from synthstats.envs.spaces.grammar import Choice, ProgramSpace, Slot
-from synthstats.eval.lm_exact import build_target, failure_programs, run_lm_exact, space_target
+from synthstats.eval.lm_exact import build_target, run_lm_exact, space_target
 from synthstats.judge.score import Score
 
 # Short programs (12 tokens in canonical form): on the shared 2-core CPU one step of the
@@ -56,6 +59,7 @@ def test_gflownet_phase_lowers_tv_and_failure_mass_left_by_the_supervised_phase(
         architecture=MOCK_ARCHITECTURE,
         batch_size=10,
         show_progress=False,
+        evaluations=2,
     )
     before, after = report["after_supervised"], report["after_gflownet"]
     print(json.dumps(report, indent=1))
@@ -64,3 +68,9 @@ def test_gflownet_phase_lowers_tv_and_failure_mass_left_by_the_supervised_phase(
     failures_before = 1 - before["p_valid"]
     assert 1 - after["p_valid"] < failures_before
     assert json.loads((tmp_path / "report.json").read_text())["after_gflownet"] == after
+    rows = [json.loads(line) for line in (tmp_path / "evaluation.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [0, 6, 12] and rows[-1]["tv"] == after["tv"]
+    assert len(report["per_program"]) == len(LOG_R)
+    assert sum(row["after_gflownet"] for row in report["per_program"]) == pytest.approx(1.0)
+    for plot in ("programs.png", "curves.png"):
+        assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

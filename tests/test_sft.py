@@ -96,6 +96,22 @@ def test_lines_use_their_elpd_or_the_default(tmp_path, backend):
     assert all(item.prompt_key == "dugongs" for item in items)
 
 
+def test_a_demonstration_at_the_upper_clamp_is_named_in_a_warning(tmp_path, backend, caplog):
+    reference = get_env("dugongs").reference_elpd
+    path = write_lines(
+        tmp_path / "d.jsonl",
+        [
+            {"prompt": "p", "completion": fenced(), "elpd": reference + 49.0},
+            {"prompt": "p", "completion": fenced(PROGRAM + "# b\n"), "elpd": reference + 50.0},
+        ],
+    )
+    config = sft_config(path, "sft_warmstart.dedupe=false")
+    with caplog.at_level("WARNING", logger="synthstats"):
+        warmstart_items(config, get_env("dugongs"), backend, judge=None)
+    (record,) = [r for r in caplog.records if "upper clamp" in r.getMessage()]
+    assert "1 demonstrations" in record.getMessage() and "d.jsonl:2" in record.getMessage()
+
+
 def test_missing_elpd_without_scoring_names_the_line(tmp_path, backend):
     path = write_lines(tmp_path / "d.jsonl", [{"completion": fenced()}])
     with pytest.raises(DemonstrationError, match=r"d.jsonl:1: no 'elpd'"):
@@ -324,7 +340,6 @@ def test_supervised_phase_lowers_the_demonstrations_nll(tmp_path):
     config = sft_config(
         write_lines(tmp_path / "d.jsonl", [{"completion": fenced("x = 1\n"), "elpd": 1.0}]),
         "policy=mock",
-        "policy.lora_dropout=0.0",
         "runner.train.learning_rate=0.01",
         "runner.train.batch_size=2",
         "sft_warmstart.nll_steps=6",

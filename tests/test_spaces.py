@@ -8,9 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from synthstats.backends.canonical import FENCE_CLOSE, FENCE_OPEN, canonical_completion
 from synthstats.config import resolve
 from synthstats.envs import get_env
 from synthstats.envs.spaces import SPACES, Choice, ProgramSpace, Slot, get_space
+from synthstats.envs.spaces.failures import FAILURE_EDITS, every_failure_program
 from synthstats.eval.metrics import target_probabilities, total_variation
 from synthstats.eval.target import (
     MAX_TOP_PROBABILITY,
@@ -198,3 +200,18 @@ def test_shipped_scores_judge_returns_the_stored_scores_for_the_spaces_env():
         judge.score(env, ["```python\nimport pymc as pm\n```"])
     with pytest.raises(ValueError, match="other data"):
         judge.score(get_env("eight_schools"), picked)
+
+
+@pytest.mark.parametrize("name", sorted(SPACES))
+def test_every_failure_edit_of_every_program_is_refused_by_the_gate(name):
+    """The slot job's failure programs need no shipped score: the gate refuses each."""
+    space = get_space(name)
+    failures = every_failure_program(space)
+    assert len(failures) == len(FAILURE_EDITS) * len(space) == len(set(failures))
+    assert not set(failures) & set(space.completions)
+    for text in failures:  # canonical, as the loop requires of every paid or failed completion
+        assert canonical_completion(text[len(FENCE_OPEN) : -len(FENCE_CLOSE)], "off") == text
+    scores = ShippedScoresJudge(space, failures).score(get_env(name), failures)
+    assert {score.error_kind for score in scores} == {"forbidden", "syntax"}
+    with pytest.raises(ValueError, match="passes the judge's gate"):
+        ShippedScoresJudge(space, [space.completions[0]])

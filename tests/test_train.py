@@ -46,7 +46,6 @@ def train_arguments(run_dir: Path, demonstrations: Path, cache: Path, steps: int
         "runner.train.batch_size=4",
         "runner.train.checkpoint_every=2",
         "policy.max_new_tokens=128",
-        "policy.lora_dropout=0.0",
         "judge.workers=1",
         "judge.cache=true",
         f"judge.cache_path={cache}",

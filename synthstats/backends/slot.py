@@ -1,11 +1,14 @@
 """policy=slot: a tiny Qwen3 from scratch over a slot vocabulary, with p_theta exact.
 
-The vocabulary is PAD, BOS, EOS and one token per choice of each slot of an env's program
-space (synthstats/envs/spaces). The prompt is [BOS]; a completion is one choice token per
-slot, in slot order, then EOS. At step t only slot t's tokens are valid (EOS after the last
-slot), and sampling and P_F both renormalise over the valid tokens, so no probability
-leaves the space and p_theta(x) of every program is a product of masked softmaxes,
-computable for the whole space at once (`exact_log_probs`). A rollout's `text` is the
+The vocabulary is PAD, BOS, EOS, one token per choice of each slot of an env's program
+space (synthstats/envs/spaces), and one per edit of the last, failure slot: the program as
+written, or one of the failure edits the judge's gate refuses
+(synthstats/envs/spaces/failures.py), so the policy can fail and the failure treatment is
+measured exactly too. The prompt is [BOS]; a completion is one choice token per slot, in
+slot order, then the edit, then EOS. At step t only slot t's tokens are valid (EOS after
+the edit), and sampling and P_F both renormalise over the valid tokens, so no probability
+leaves the programs and their failure edits, and p_theta of every completion is a product
+of masked softmaxes, computable for all at once (`exact_log_probs`). A rollout's `text` is the
 rendered program in a ```python fence, so the judge scores it like any completion.
 
 Everything else is the local backend's recipe: the shared objective, a LogZTable keyed by
@@ -21,6 +24,7 @@ Checkpoint layout written by `save`: slot_policy.pt (module, optimizer, sampling
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -36,6 +40,7 @@ from synthstats.backends.policy_module import (
 )
 from synthstats.config import ObjectiveConfig, PolicyConfig, TrainConfig
 from synthstats.envs.spaces import ProgramSpace
+from synthstats.envs.spaces.failures import FAILURE_EDITS, failure_completion
 from synthstats.envs.spaces.grammar import Path as ProgramPath
 from synthstats.objectives import (
     FlowInputs,
@@ -48,6 +53,8 @@ from synthstats.objectives import (
 
 STATE_FILE = "slot_policy.pt"
 PAD, BOS, EOS = 0, 1, 2
+# The failure slot's choices: index 0 keeps the program valid, the others are gate failures.
+EDITS = ("as written", *FAILURE_EDITS)
 # About 76k parameters: ample for a distribution over ~50 programs, milliseconds per step.
 ARCHITECTURE = {
     "hidden_size": 64,
@@ -60,32 +67,68 @@ ARCHITECTURE = {
 
 
 class SlotVocabulary:
-    """Token ids of a space's choices, and which tokens are valid at each step."""
+    """Token ids of a space's choices and failure edits, which tokens are valid at each
+    step, and the completion text of every path (a program's choices, then its edit)."""
 
     def __init__(self, space: ProgramSpace) -> None:
         self.space = space
+        self.sizes = [len(slot.choices) for slot in space.slots] + [len(EDITS)]
         self.offsets: list[int] = []
         next_id = EOS + 1
-        for slot in space.slots:
+        for size in self.sizes:
             self.offsets.append(next_id)
-            next_id += len(slot.choices)
+            next_id += size
         self.size = next_id
         # valid[t, v]: token v may follow t choice tokens; the last row allows only EOS.
-        self.valid = torch.zeros(len(space.slots) + 1, self.size, dtype=torch.bool)
-        for step, (offset, slot) in enumerate(zip(self.offsets, space.slots, strict=True)):
-            self.valid[step, offset : offset + len(slot.choices)] = True
+        self.valid = torch.zeros(len(self.sizes) + 1, self.size, dtype=torch.bool)
+        for step, (offset, size) in enumerate(zip(self.offsets, self.sizes, strict=True)):
+            self.valid[step, offset : offset + size] = True
         self.valid[-1, EOS] = True
 
     @property
     def completion_length(self) -> int:
-        return len(self.space.slots) + 1
+        return len(self.sizes) + 1
+
+    def paths(self) -> list[ProgramPath]:
+        """Every completion's path: each program of the space as written, then its edits."""
+        return [(*path, edit) for path in self.space.paths() for edit in range(len(EDITS))]
+
+    def text_of(self, path: ProgramPath) -> str:
+        """The completion text of a path: the program's, or its failure edit's."""
+        return self._text_by_path[tuple(path)]
+
+    @cached_property
+    def _text_by_path(self) -> dict[ProgramPath, str]:
+        """Rendered once: every exact evaluation names all completions."""
+        texts = {}
+        for *program, edit in self.paths():
+            path = tuple(program)
+            texts[(*path, edit)] = (
+                self.space.completion(path)
+                if edit == 0
+                else failure_completion(self.space, path, EDITS[edit])
+            )
+        return texts
+
+    def path_of_text(self, text: str) -> ProgramPath:
+        """The path whose completion is exactly this text; ValueError for any other."""
+        try:
+            return self._path_by_text[text]
+        except KeyError:
+            raise ValueError(
+                f"text is not a program of the {self.space.env_name} space or a failure edit of one"
+            ) from None
+
+    @cached_property
+    def _path_by_text(self) -> dict[str, ProgramPath]:
+        return {text: path for path, text in self._text_by_path.items()}
 
     def ids_of(self, path: ProgramPath) -> list[int]:
-        """The completion ids of a program: its choice tokens, then EOS."""
+        """The completion ids of a path: its choice tokens, its edit, then EOS."""
         return [offset + index for offset, index in zip(self.offsets, path, strict=True)] + [EOS]
 
     def path_of(self, completion_ids: Sequence[int]) -> ProgramPath:
-        """The program a completion spells; ValueError if a token is invalid where it stands."""
+        """The path a completion spells; ValueError if a token is invalid where it stands."""
         ids = list(completion_ids)
         if len(ids) != self.completion_length or not all(
             0 <= token < self.size and bool(self.valid[step, token])
@@ -184,12 +227,9 @@ class SlotBackend:
         return [BOS]
 
     def tokenize_completion(self, text: str) -> list[int]:
-        """The ids of a program of the space; ValueError for any other text."""
-        try:
-            path = self.space.path_of(text)
-        except KeyError as error:
-            raise ValueError(str(error)) from None
-        return self.vocabulary.ids_of(path)
+        """The ids of a program of the space or a failure edit of one; ValueError for any
+        other text."""
+        return self.vocabulary.ids_of(self.vocabulary.path_of_text(text))
 
     @torch.no_grad()
     def sample(
@@ -213,7 +253,7 @@ class SlotBackend:
                 prompt_key=prompt_key,
                 prompt_ids=tuple(prompt_ids),
                 completion_ids=tuple(completion),
-                text=self.space.completion(self.vocabulary.path_of(completion)),
+                text=self.vocabulary.text_of(self.vocabulary.path_of(completion)),
                 truncated=False,
                 temperature=float(value),
             )
@@ -265,16 +305,17 @@ class SlotBackend:
 
     @torch.no_grad()
     def exact_log_probs(self, prompt_key: str | None = None) -> dict[str, float]:
-        """log p_theta of every program of the space (keyed by its completion text), from one
-        forward pass over the enumeration; the values' exponentials sum to 1."""
+        """log p_theta of every completion the policy can write, programs of the space and
+        their failure edits (keyed by completion text), from one forward pass over the
+        enumeration; the values' exponentials sum to 1."""
         key = prompt_key or self.prompt_keys[0]
-        paths = self.space.paths()
+        paths = self.vocabulary.paths()
         completions = [self.vocabulary.ids_of(path) for path in paths]
         self.module.eval()
         scores = self.module(self._pack([key] * len(paths), [[BOS]] * len(paths), completions))
         totals = scores.log_pf.sum(-1).double().tolist()
         return {
-            self.space.completion(path): total for path, total in zip(paths, totals, strict=True)
+            self.vocabulary.text_of(path): total for path, total in zip(paths, totals, strict=True)
         }
 
     @torch.no_grad()

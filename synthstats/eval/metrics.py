@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy.special import logsumexp
@@ -85,6 +85,9 @@ class ExactMetrics:
     # Probability the policy puts on programs of the space (1 unless it leaks).
     mass_in_space: float
     # TV counts the leaked mass 1 - mass_in_space in full (the target has none there).
+    # p_theta(valid) of a policy that can also write failures (`exact_metrics_given_valid`):
+    # then every other field is of p_theta(. | valid); 1 for a policy that cannot fail.
+    p_valid: float = 1.0
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
@@ -126,6 +129,32 @@ def exact_metrics(
         modes_floor=floor,
         mass_in_space=float(learned.sum()),
     )
+
+
+def exact_metrics_given_valid(
+    log_reward: Mapping[str, float],
+    learned_log_p: Mapping[str, float],
+    learned_log_z: float,
+    *,
+    top_k: int = DEFAULT_TOP_K,
+    floor: float = DEFAULT_FLOOR,
+) -> ExactMetrics:
+    """The metrics of p_theta(. | valid) against p*, for a policy that can fail as well.
+
+    `learned_log_p` holds every valid program (the keys of `log_reward`) and may hold failure
+    programs too; p(valid) is the mass on the valid ones. The balance's fixed point has
+    log Z = log sum R - log p(valid) (synthstats/objectives/failures.py), so the log Z error
+    is |log Z + log p(valid) - log sum R|.
+    """
+    missing = set(log_reward) - set(learned_log_p)
+    if missing:
+        raise ValueError(f"learned_log_p lacks {len(missing)} valid programs of the target")
+    log_p_valid = float(logsumexp([learned_log_p[key] for key in log_reward]))
+    conditional = {key: learned_log_p[key] - log_p_valid for key in log_reward}
+    metrics = exact_metrics(
+        log_reward, conditional, learned_log_z + log_p_valid, top_k=top_k, floor=floor
+    )
+    return replace(metrics, p_valid=float(np.exp(log_p_valid)))
 
 
 def importance_log_partition(

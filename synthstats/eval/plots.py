@@ -1,5 +1,6 @@
-"""The two pictures of a slot run: every program's learned against target probability, and
-TV and log Z over the steps. Written with matplotlib's file-only backend (no display)."""
+"""The two pictures of a validation run (slot or language-model path): every program's
+learned against target probability, and TV and log Z over the steps. Written with
+matplotlib's file-only backend (no display)."""
 
 from __future__ import annotations
 
@@ -46,16 +47,17 @@ def plot_curves(
     log_partition: float,
     tv_goal: float,
     title: str,
+    log_z_label: str = "log Z",
 ) -> None:
-    """TV to p* over the steps for every policy (log scale), and each learned log Z
-    against log sum R."""
+    """TV to p* over the steps for every policy (log scale), and each learned log Z (or
+    what `log_z_label` names) against log sum R."""
     figure, (tv_axes, log_z_axes) = plt.subplots(1, 2, figsize=(11, 4))
     for name, history in histories.items():
         steps = [row["step"] for row in history]
         tv_axes.plot(steps, [row["tv"] for row in history], label=name)
         log_z = [row["log_z"] for row in history]
         if all(np.isfinite(log_z)):
-            log_z_axes.plot(steps, log_z, label=f"{name} log Z")
+            log_z_axes.plot(steps, log_z, label=f"{name} {log_z_label}")
     tv_axes.axhline(tv_goal, color="0.5", ls="--", lw=1, label=f"goal {tv_goal}")
     tv_axes.set_yscale("log")
     tv_axes.set_xlabel("step")
@@ -63,7 +65,7 @@ def plot_curves(
     tv_axes.legend()
     log_z_axes.axhline(log_partition, color="0.5", ls="--", lw=1, label="log sum R")
     log_z_axes.set_xlabel("step")
-    log_z_axes.set_ylabel("log Z")
+    log_z_axes.set_ylabel(log_z_label)
     log_z_axes.legend()
     figure.suptitle(title)
     figure.tight_layout()

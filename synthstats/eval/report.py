@@ -1,5 +1,7 @@
 """report.json and the printed summary of a slot run: where the GFlowNet ended against p*,
-where it started, and where a reward maximiser on the same budget ended."""
+where it started, and where a reward maximiser on the same budget ended. The slot policy can
+also write failure programs, so TV, KL, ... are of p_theta(. | valid), and p(valid) and the
+failure mass 1 - p(valid) stand beside them."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from synthstats.judge.space_scores import SpaceScores
 TV_GOAL = 0.05
 LOGZ_ERROR_GOAL = 0.1
 BASELINE_DESCRIPTION = "policy gradient: REINFORCE, batch-mean baseline, no entropy bonus"
-_COMPARED = ("tv", "kl", "jsd", "spearman", "modes_covered")
+_COMPARED = ("tv", "kl", "jsd", "spearman", "modes_covered", "p_valid")
 
 
 @dataclass(frozen=True)
@@ -27,7 +29,7 @@ class TrainedPolicy:
     name: str
     steps: int  # steps trained: fewer than configured if a SIGTERM or Ctrl-C stopped it
     history: Sequence[Mapping[str, Any]]
-    probabilities: np.ndarray  # in space.completions order
+    probabilities: np.ndarray  # p_theta(x | valid), in space.completions order
     seconds: float
     stopped_by: int | None = None  # the signal that stopped it early
 
@@ -39,6 +41,7 @@ def build_report(
     ours: TrainedPolicy,
     baseline: TrainedPolicy,
     recipe: Mapping[str, Any],
+    failure_programs: int,
 ) -> dict[str, Any]:
     """Every number the run claims, with what is needed to reproduce and judge it."""
     first, last, theirs = ours.history[0], ours.history[-1], baseline.history[-1]
@@ -47,6 +50,7 @@ def build_report(
     report = {
         "env": space.env_name,
         "programs": len(space),
+        "failure_programs": failure_programs,
         "reward_temperature": target.temperature,
         "reference_elpd": target.reference_elpd,
         "target_max_probability": target.max_probability,
@@ -58,6 +62,8 @@ def build_report(
         "log_z_lr": config.objective.log_z_lr,
         "seed": config.seed,
         "tv_initial": first["tv"],
+        "p_valid_initial": first["p_valid"],
+        "failure_mass": 1.0 - last["p_valid"],
         **{key: last[key] for key in (*_COMPARED, "logz_error", "log_z", "log_partition")},
         **{key: last[key] for key in ("modes_top_k", "modes_floor", "mass_in_space")},
         "baseline": BASELINE_DESCRIPTION,
@@ -110,6 +116,8 @@ def summary_text(report: Mapping[str, Any], ours: str, baseline: str) -> str:
     rows = [
         ("TV at step 0", report["tv_initial"], report["tv_initial"]),
         (f"TV at step {report['steps']}", report["tv"], report["baseline_tv"]),
+        ("p(valid) at step 0", report["p_valid_initial"], report["p_valid_initial"]),
+        (f"p(valid) at step {report['steps']}", report["p_valid"], report["baseline_p_valid"]),
         ("KL(p* || p_theta)", report["kl"], report["baseline_kl"]),
         ("Jensen-Shannon", report["jsd"], report["baseline_jsd"]),
         ("log Z error", report["logz_error"], None),
@@ -123,7 +131,8 @@ def summary_text(report: Mapping[str, Any], ours: str, baseline: str) -> str:
     met = "met" if report["goals_met"] else "NOT met"
     return "\n".join(
         [
-            f"{report['env']}: {report['programs']} programs, reward temperature "
+            f"{report['env']}: {report['programs']} programs (+{report['failure_programs']} "
+            "failure programs; TV, KL, ... of p_theta(. | valid)), reward temperature "
             f"{report['reward_temperature']:g} (max p* {report['target_max_probability']:.3f}, "
             f"TV(uniform, p*) {report['target_tv_from_uniform']:.3f})",
             f"{'':30}{ours:>14}{baseline:>18}",

@@ -2,7 +2,8 @@
 
 `Trainer.run(state, progress)` calls `progress(1)` after every step; a `MetricsTracker` is
 that callable. It advances the progress bar and, every `interval` steps and at the last,
-measures p_theta against p* over the whole space (one forward pass, milliseconds), keeping
+measures p_theta(. | valid) against p* and p(valid) over the whole space and its failure
+programs (one forward pass, milliseconds), keeping
 the history for the report and plots and appending it to evaluation.jsonl. The loop stays
 backend-agnostic: only the tracker knows the policy is enumerable.
 """
@@ -22,7 +23,11 @@ import numpy as np
 from synthstats.config import RewardConfig
 from synthstats.envs.spaces.grammar import ProgramSpace
 from synthstats.eval.exact import EnumerablePolicy
-from synthstats.eval.metrics import exact_metrics, target_probabilities, total_variation
+from synthstats.eval.metrics import (
+    exact_metrics_given_valid,
+    target_probabilities,
+    total_variation,
+)
 from synthstats.eval.target import space_log_rewards
 from synthstats.judge.space_scores import SpaceScores
 
@@ -103,17 +108,20 @@ class MetricsTracker:
     def record(self) -> dict[str, Any]:
         """Measure the policy now; step 0 is recorded by calling this before training."""
         log_z = self.policy.learned_log_z() if self.learned_log_z else math.nan
-        metrics = exact_metrics(self.target.log_reward, self.policy.exact_log_probs(), log_z)
+        metrics = exact_metrics_given_valid(
+            self.target.log_reward, self.policy.exact_log_probs(), log_z
+        )
         row = {"policy": self.name, "step": self.step, "log_z": log_z, **metrics.to_dict()}
         self.history.append(row)
         with self.path.open("a") as file:
             file.write(json.dumps(finite(row)) + "\n")
         if self.step % self._console_every == 0 or self.step == self.total:
             log.info(
-                "%s step %d: TV %.4f, KL %.4f, log Z error %.3f, modes covered %.2f",
+                "%s step %d: TV %.4f, p(valid) %.4f, KL %.4f, log Z error %.3f, modes covered %.2f",
                 self.name,
                 self.step,
                 metrics.tv,
+                metrics.p_valid,
                 metrics.kl,
                 metrics.logz_error,
                 metrics.modes_covered,

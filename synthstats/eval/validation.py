@@ -2,8 +2,11 @@
 
 The slot policy trains through the real loop, objective and replay on the judge's shipped
 scores of its env's program space (no PyMC run, so a CPU finishes in a minute or two).
-Its exact distance from p* = R / sum R is measured as it learns; then a reward maximiser
-with the same architecture, steps and batch size trains on the same scores. The run
+It can also write each program with a failure edit that the judge's gate refuses
+(synthstats/envs/spaces/failures.py), so the failure treatment is checked too: the exact
+distance of p_theta(. | valid) from p* = R / sum R and p(valid) are measured as it learns;
+then a reward maximiser with the same architecture, steps and batch size trains on the
+same scores. The run
 directory gets report.json, evaluation.jsonl (both policies' metrics over the steps),
 programs.png, curves.png, metrics.jsonl (the GFlowNet's loop metrics; the baseline's are in
 baseline/), and the summary is printed.
@@ -30,6 +33,7 @@ from synthstats.config import Config, ConfigError, to_yaml
 from synthstats.envs import get_env
 from synthstats.envs.base import Env
 from synthstats.envs.spaces import get_space
+from synthstats.envs.spaces.failures import every_failure_program
 from synthstats.eval.baseline import PolicyGradient
 from synthstats.eval.plots import plot_curves, plot_programs
 from synthstats.eval.recipe import apply_slot_recipe
@@ -76,12 +80,15 @@ def run_validation(config: Config, *, show_progress: bool = True) -> RunSummary:
             "policy=slot: %s=%s (in place of the shipped default; set it to choose)", key, value
         )
     (run_dir / "config.yaml").write_text(to_yaml(config))
-    judge = ShippedScoresJudge(space)
+    failures = every_failure_program(space)
+    judge = ShippedScoresJudge(space, failures)
     log.info(
-        "scoring from the judge's shipped scores of the %d %s programs (budget %s)",
+        "scoring from the judge's shipped scores of the %d %s programs (budget %s), and the "
+        "gate's refusal of their %d failure edits",
         len(space),
         space.env_name,
         judge.shipped.judge_budget,
+        len(failures),
     )
     reference_elpd = space_reference_elpd(judge.shipped)
     env = dataclasses.replace(get_env(config.env.name), reference_elpd=reference_elpd)
@@ -101,7 +108,7 @@ def run_validation(config: Config, *, show_progress: bool = True) -> RunSummary:
         baseline = train(BASELINE, baseline_config, PolicyGradient(), run_dir / "baseline")
         if baseline.steps < steps:
             return _stopped(run_dir, steps + baseline.steps, steps, baseline.stopped_by)
-    report = build_report(config, target, judge.shipped, ours, baseline, recipe)
+    report = build_report(config, target, judge.shipped, ours, baseline, recipe, len(failures))
     (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(run_dir, target, ours, baseline)
     final = export_final(run_dir, latest_checkpoint(run_dir))
@@ -194,7 +201,8 @@ def _train(
     finally:
         metrics.close()
     log_p = backend.exact_log_probs()
-    probabilities = np.exp([log_p[text] for text in target.space.completions])
+    valid = np.exp([log_p[text] for text in target.space.completions])
+    probabilities = valid / valid.sum()  # p_theta(x | valid), what p* is compared with
     return TrainedPolicy(
         name, state.step, tracker.history, probabilities, seconds, trainer.stopped_by
     )

@@ -37,6 +37,7 @@ from synthstats.envs.base import Env
 from synthstats.errors import UserFacingError
 from synthstats.judge.extract import extract_program
 from synthstats.objectives import ThinkingMode
+from synthstats.objectives.reward import clamp_hits
 from synthstats.replay import ReplayItem, program_hash
 from synthstats.train.metrics import MetricsLogger
 
@@ -205,8 +206,36 @@ def warmstart_items(
                 judged=sft.compute_rewards,
             )
         )
+    _warn_of_clamped(demonstrations, elpds, env, config)
     log.info("warm-start: %d demonstrations from %s in the replay buffer", len(items), path)
     return items
+
+
+def _warn_of_clamped(
+    demonstrations: Sequence[Demonstration],
+    elpds: Sequence[tuple[bool, float | None, str | None]],
+    env: Env,
+    config: Config,
+) -> None:
+    """The shipped demonstrations carry no ELPD, so whether the upper clamp flattens one is
+    known only once a run scores it (or reads its file's number): say so, with the lines."""
+    reward = config.objective.reward
+    flattened = [
+        demonstration.where
+        for demonstration, (ok, elpd, _) in zip(demonstrations, elpds, strict=True)
+        if ok and clamp_hits([elpd], reference_elpd=env.reference_elpd, step=0, cfg=reward)[1]
+    ]
+    if flattened:
+        log.warning(
+            "%d demonstrations reach the upper clamp objective.reward.high=%g (ELPD at least "
+            "%g nats above the reference at T=%g), so they share one reward: %s; raise "
+            "objective.reward.high or objective.reward.temperature",
+            len(flattened),
+            reward.high,
+            reward.high * reward.temperature,
+            reward.temperature,
+            ", ".join(flattened),
+        )
 
 
 def canonical_demonstration(demonstration: Demonstration, thinking: ThinkingMode) -> str:
