@@ -25,7 +25,10 @@ from synthstats.judge.pool import JudgePool, default_workers
 from synthstats.judge.score import Score
 from synthstats.judge.unsandboxed import score_trusted
 
-CFG = JudgeConfig(name="pool-test", draws=100, tune=100, chains=2, timeout_s=20, cache=False)
+# LOO refits off: these tests are about containment and the pool, not LOO (test_judge_loo.py).
+CFG = JudgeConfig(
+    name="pool-test", draws=100, tune=100, chains=2, timeout_s=20, cache=False, loo_refits=0
+)
 PRIOR_SCALES = (5, 6, 7, 8)
 AGE = [1, 1.5, 1.5, 1.5, 2.5, 4, 5, 5, 7, 8, 8.5, 9, 9.5, 9.5, 10, 12, 12, 13, 13, 14.5, 15.5]
 AGE += [15.5, 16.5, 17, 22.5, 29, 31.5]

@@ -422,7 +422,10 @@ def test_references_pass_the_leak_checks(name):
 
 # -- through a worker -----------------------------------------------------------------------
 
-CFG = JudgeConfig(name="redteam", draws=100, tune=100, chains=2, timeout_s=150, memory_mb=3072)
+# LOO refits off: these tests are about containment and the pool, not LOO (test_judge_loo.py).
+CFG = JudgeConfig(
+    name="redteam", draws=100, tune=100, chains=2, timeout_s=150, memory_mb=3072, loo_refits=0
+)
 FRAME = "def climb():\n    yield walker.gi_frame.f_back\nwalker = climb()\nframe = next(walker)\n"
 TAMPERING = (
     HONEST

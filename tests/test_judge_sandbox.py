@@ -31,7 +31,10 @@ from synthstats.judge.unsandboxed import score_trusted
 
 SECRET = "sk-synthstats-canary-5f3a9d"
 SECRET_VARIABLES = ("OPENAI_API_KEY", "WANDB_API_KEY", "TINKER_API_KEY", "HF_TOKEN")
-CFG = JudgeConfig(name="hostile", draws=100, tune=100, chains=2, timeout_s=15, memory_mb=3072)
+# LOO refits off: these tests are about containment and the pool, not LOO (test_judge_loo.py).
+CFG = JudgeConfig(
+    name="hostile", draws=100, tune=100, chains=2, timeout_s=15, memory_mb=3072, loo_refits=0
+)
 
 AGE = [1, 1.5, 1.5, 1.5, 2.5, 4, 5, 5, 7, 8, 8.5, 9, 9.5, 9.5, 10, 12, 12, 13, 13, 14.5, 15.5]
 AGE += [15.5, 16.5, 17, 22.5, 29, 31.5]
