@@ -158,7 +158,7 @@ class JudgeConfig:
     # reliable); with more bad points, K-fold with this many folds. 0: plain PSIS-LOO.
     loo_refits: int = 5
     # Per-program limits inside the sandbox.
-    timeout_s: float = 120.0
+    timeout_s: float = 300.0
     memory_mb: int = 4096
     max_output_bytes: int = 1_000_000
     # Largest file a program, or the compiler it triggers, may write (bounds disk use).
