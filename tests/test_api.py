@@ -31,8 +31,10 @@ def test_run_training_checks_inputs_before_creating_anything(tmp_path):
 
 def logged_to(run_dir: Path, run_id: str) -> bytes:
     """Everything W&B wrote offline for one run id. Each resume of the run gets a folder
-    named by its start second, so two sessions that start within a second share one."""
-    runs = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    named by its start second; a second session started within the same second gets that
+    name with a "-1" suffix."""
+    folders = (run_dir / "wandb").glob(f"offline-run-*-{run_id}*")
+    runs = sorted(path for path in folders if path.name.partition(run_id)[2] in ("", "-1", "-2"))
     assert runs, f"no offline W&B run {run_id} under {run_dir / 'wandb'}"
     return b"".join(path.read_bytes() for run in runs for path in run.glob("*.wandb"))
 
