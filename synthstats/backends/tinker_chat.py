@@ -180,8 +180,7 @@ class ChatTokens:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def tokenize_completion(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return [*ids, self.tokenizer.eos_token_id]
+        return [*self._encode(text), self.tokenizer.eos_token_id]
 
     def decode_completion(self, completion_ids: Sequence[int]) -> str:
         """The completion's text, without its final stop token or stop string."""
