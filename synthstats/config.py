@@ -144,6 +144,10 @@ class ObjectiveConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
+# The judge settings that decide a program's score (the rest are limits and plumbing).
+BUDGET_FIELDS = ("draws", "tune", "chains", "target_accept", "seed", "loo_refits", "compile")
+
+
 @dataclass
 class JudgeConfig:
     # Name of the configs/judge/ file this came from.
@@ -157,6 +161,9 @@ class JudgeConfig:
     # Exact refits per program for points whose Pareto k is bad (LOO without them is not
     # reliable); with more bad points, K-fold with this many folds. 0: plain PSIS-LOO.
     loo_refits: int = 5
+    # How phase 2 compiles a model's functions (judge/compiler.py): whole_function, one
+    # cheap C module per function; per_op, PyTensor's default (a module per op, -O3).
+    compile: Literal["whole_function", "per_op"] = "whole_function"
     # Per-program limits inside the sandbox.
     timeout_s: float = 300.0
     memory_mb: int = 4096
@@ -171,6 +178,10 @@ class JudgeConfig:
     cache_path: str | None = None
     # OS containment: auto uses bubblewrap when it works, else warns once.
     sandbox: Literal["auto", "bwrap", "none"] = "auto"
+
+    def budget(self) -> dict[str, Any]:
+        """The fields every program is scored under (the worker's `Budget`)."""
+        return {key: getattr(self, key) for key in BUDGET_FIELDS}
 
 
 @dataclass

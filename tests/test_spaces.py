@@ -26,7 +26,6 @@ from synthstats.judge.extract import extract_program
 from synthstats.judge.gate import check_program
 from synthstats.judge.shipped import ShippedScoresJudge
 from synthstats.judge.space_scores import (
-    BUDGET_FIELDS,
     load_scores,
     score_programs,
     scores_path,
@@ -129,7 +128,7 @@ def test_shipped_scores_cover_the_space_and_record_the_default_judge(name):
     space = get_space(name)
     scores = load_scores(space)
     default_judge = resolve(["judge=default"]).judge
-    assert scores.judge_budget == {key: getattr(default_judge, key) for key in BUDGET_FIELDS}
+    assert scores.judge_budget == default_judge.budget()
     assert scores.data_hash == get_env(name).data_hash()
     assert set(scores.versions) >= {"pymc", "arviz"}
     assert scores.ok.all() and np.isfinite(scores.elpd).all()

@@ -26,7 +26,9 @@ from typing import Any
 
 import numpy as np
 import pymc as pm
+from pytensor.compile.mode import Mode
 
+from synthstats.judge.compiler import compiled_seconds, judge_mode
 from synthstats.judge.contract import check_contract
 from synthstats.judge.describe import describe_model
 from synthstats.judge.gate import (
@@ -72,6 +74,8 @@ class Budget:
     seed: int
     # At most this many exact refits for points with a bad Pareto k (loo.py); 0: PSIS only.
     loo_refits: int = 0
+    # How the model's functions are compiled (compiler.py).
+    compile: str = "whole_function"
 
 
 class ForbiddenImport(ImportError):
@@ -134,9 +138,12 @@ def score_description(
                     raise Failure("forbidden_model", "the description is not JSON") from None
             model = rebuild_model(description, arrays)
             holders = check_contract(model, arrays)
-            loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed])
+            compiled = compiled_seconds()
+            mode = judge_mode(budget.compile)
+            loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed], mode)
             check_leaks(model, arrays, reference_elpd, budget.seed, loglik)
-        fit = _fit(model, loglik, budget)
+        fit = _fit(model, loglik, budget, mode)
+        fit["compile_seconds"] = compiled_seconds() - compiled
     except Failure as failure:
         return {"ok": False, "error_kind": failure.kind, "message": failure.message}
     except RecursionError:
@@ -178,34 +185,49 @@ def run_program(source: str, data: Mapping[str, np.ndarray]) -> pm.Model:
     return model
 
 
-def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dict[str, Any]:
+def _fit(
+    model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget, mode: Mode
+) -> dict[str, Any]:
+    """Samples and scores. Also the seconds spent sampling (refits included) and in LOO,
+    each without the compiling done inside it (`compiled_seconds` counts that)."""
+    spent = {"sampling": 0.0}
 
     def sample(fitted: pm.Model) -> Any:
-        return _SAMPLE(
-            draws=budget.draws,
-            tune=budget.tune,
-            chains=budget.chains,
-            cores=1,
-            target_accept=budget.target_accept,
-            random_seed=budget.seed,
-            progressbar=False,
-            compute_convergence_checks=False,
-            model=fitted,
-        )
+        start, compiled = time.perf_counter(), compiled_seconds()
+        try:
+            return _SAMPLE(
+                draws=budget.draws,
+                tune=budget.tune,
+                chains=budget.chains,
+                cores=1,
+                target_accept=budget.target_accept,
+                random_seed=budget.seed,
+                progressbar=False,
+                compute_convergence_checks=False,
+                model=fitted,
+                compile_kwargs={"mode": mode},
+            )
+        finally:
+            spent["sampling"] += time.perf_counter() - start - (compiled_seconds() - compiled)
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             idata = sample(model)
+            start, compiled, sampled = time.perf_counter(), compiled_seconds(), spent["sampling"]
             loglik.add_to(idata)
-            fit = summarise_fit(idata, loglik.names, Refit(model, sample, budget.loo_refits))
+            refit = Refit(model, sample, budget.loo_refits, {"mode": mode})
+            fit = summarise_fit(idata, loglik.names, refit)
     except MemoryError:
         raise Failure("memory", "ran out of memory while sampling") from None
     except Exception as error:
         raise Failure("sampling", _describe(error)) from None
     if not np.isfinite(fit["elpd_loo"]):
         raise Failure("sampling", "ELPD-LOO is not finite (the log-likelihood has -inf or nan)")
-    return fit
+    elapsed = time.perf_counter() - start
+    refits = spent["sampling"] - sampled
+    loo = elapsed - refits - (compiled_seconds() - compiled)
+    return {**fit, "sampling_seconds": spent["sampling"], "loo_seconds": loo}
 
 
 def _program_builtins() -> dict[str, Any]:
@@ -283,11 +305,12 @@ WARM_UP_PROGRAM = (
 WARM_UP_DATA = {"y": np.linspace(-1.0, 1.0, 5)}
 
 
-def warm_up() -> float:
+def warm_up(compile_mode: str = "whole_function") -> float:
     """Scores WARM_UP_PROGRAM in this process, so children forked later start with PyMC's
-    internals loaded and the common ops compiled. Returns the seconds it took."""
+    internals loaded, the common ops compiled and the compiler prepared (compiler.py).
+    Returns the seconds it took."""
     start = time.perf_counter()
-    budget = Budget(draws=20, tune=20, chains=2, target_accept=0.9, seed=0)
+    budget = Budget(draws=20, tune=20, chains=2, target_accept=0.9, seed=0, compile=compile_mode)
     result = score_source(WARM_UP_PROGRAM, WARM_UP_DATA, ("y",), budget)
     if not result["ok"]:
         raise RuntimeError(f"judge warm-up failed: {result['message']}")

@@ -92,14 +92,7 @@ class SandboxedWorker:
             "data": dict(env.data),
             "observed": list(env.observed),
             "reference_elpd": env.reference_elpd,
-            "budget": {
-                "draws": cfg.draws,
-                "tune": cfg.tune,
-                "chains": cfg.chains,
-                "target_accept": cfg.target_accept,
-                "seed": cfg.seed,
-                "loo_refits": cfg.loo_refits,
-            },
+            "budget": cfg.budget(),
             "limits": {
                 "timeout_s": cfg.timeout_s,
                 "memory_mb": cfg.memory_mb,
@@ -138,6 +131,7 @@ class SandboxedWorker:
         if uid is not None:
             _chown_tree(work_dir, uid)
         argv = [sys.executable, "-s", "-P", "-m", "synthstats.judge.worker"]
+        argv += ["--compile", self._cfg.compile]
         if uid is not None:
             argv += ["--uid", str(uid)]
         if containment == "bwrap":

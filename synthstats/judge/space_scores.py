@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from synthstats.config import JudgeConfig
     from synthstats.envs.base import Env
 
-BUDGET_FIELDS = ("draws", "tune", "chains", "target_accept", "seed", "loo_refits")
 VERSIONED_PACKAGES = ("pymc", "pytensor", "arviz", "numpy")
 # The Score fields kept per program.
 SCORE_FIELDS = (
@@ -145,7 +144,7 @@ def write_scores(
     document = {
         "env": space.env_name,
         "data_hash": env.data_hash(),
-        "judge": {key: getattr(judge_cfg, key) for key in BUDGET_FIELDS},
+        "judge": judge_cfg.budget(),
         "versions": {package: version(package) for package in VERSIONED_PACKAGES},
         "scored_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "programs": rows,

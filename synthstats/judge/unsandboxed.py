@@ -28,10 +28,7 @@ def score_trusted(
     """Score fields for each (env, program source) in one fresh process compiling into
     compile_dir (created if missing)."""
     compile_dir.mkdir(parents=True, exist_ok=True)
-    budget = {
-        field: getattr(judge_cfg, field)
-        for field in ("draws", "tune", "chains", "target_accept", "seed", "loo_refits")
-    }
+    budget = judge_cfg.budget()
     requests = [
         {
             "source": source,

@@ -72,7 +72,8 @@ def main() -> None:
     warnings.simplefilter("ignore")  # library notices would bury real errors in the log
     from synthstats.judge import runner
 
-    warm_up_s = runner.warm_up()
+    compile_mode = sys.argv[sys.argv.index("--compile") + 1]
+    warm_up_s = runner.warm_up(compile_mode)
     hello = {"ready": True, "warm_up_s": warm_up_s, "pid": os.getpid(), "confined": confined}
     _reply(replies, hello)
     requests = sys.stdin.buffer
