@@ -210,6 +210,7 @@ def main() -> None:
     cls=_LazyGroup,
     lazy_commands={
         "judge": "synthstats.judge.bench:bench_judge",
+        "judge-compile": "synthstats.judge.bench:bench_judge_compile",
         "train": "synthstats.train.bench:bench_train",
     },
 )

@@ -1,12 +1,22 @@
-"""`synthstats bench judge`: the JudgePool against a fresh process per program.
+"""`synthstats bench judge`: the JudgePool against a fresh process per program, and what
+a program costs the judge when its model structure is new and when it is warm.
 
     synthstats bench judge --env dugongs --programs 8 --json
+    synthstats bench judge-compile --envs dugongs,eight_schools,surgical,peregrines
 
 Scores N distinct valid programs (the env's demonstrations) two ways in one run, both
 starting from a copy of the same PyTensor compile cache: (a) naive, one fresh Python
 process per program that imports PyMC, samples with the judge's budget and computes LOO,
 one at a time; (b) the JudgePool with an empty score cache, worker start-up included.
-Then the median cost of a cache hit. A benchmark, not a timed test.
+Then the median cost of a cache hit, and the structure costs below for the same programs.
+A benchmark, not a timed test.
+
+Structure costs: each program in a fresh process with an empty compile dir (one core),
+after the judge's warm-up (a worker's start-up, not counted), scored twice: the first
+time its structure is new to the compiler, the second time it is warm. Reported per pass:
+programs per minute, median and p90 seconds, and the shares of compiling, sampling (LOO
+refits included) and LOO. `judge-compile` runs this for PyTensor's per-op linker (the
+judge before `judge.compile`) and the judge's whole-function one, in one run.
 
 The starting compile cache is made by a trusted pass before either clock starts:
 `warm` (the default) compiles the benchmarked programs themselves, so both paths measure
@@ -25,6 +35,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 
 @click.command("judge")
@@ -57,12 +68,18 @@ def bench_judge(
         judge_cfg = load_judge_config(judge_name)
     except (ValueError, ConfigError) as error:
         raise click.UsageError(str(error)) from None
+    from synthstats.judge.extract import extract_program
+
     completions = _distinct_programs(env, count)
     if not completions:
         raise click.UsageError(f"env {env_name!r} ships no demonstrations to benchmark")
+    say = click.echo if not as_json else (lambda message: None)
     result = run_bench(
         env, judge_cfg, completions, workers, compile_cache=compile_cache, progress=not as_json
     )
+    say(f"structure costs: {len(completions)} fresh processes, one at a time...")
+    sources = [extract_program(completion) for completion in completions]
+    result["structures"] = summarise_costs(structure_costs([(env, s) for s in sources], judge_cfg))
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -71,7 +88,56 @@ def bench_judge(
         f"({result['cores']} cores), judge {judge_name}, {compile_cache} compile cache:\n"
         f"  naive (process per program): {result['naive_per_min']:.2f} programs/min\n"
         f"  JudgePool:                   {result['pool_per_min']:.2f} programs/min\n"
-        f"  ratio: {result['ratio']:.2f}x   cache hit: {result['cache_hit_ms']:.2f} ms (median)"
+        f"  ratio: {result['ratio']:.2f}x   cache hit: {result['cache_hit_ms']:.2f} ms (median)\n"
+        f"one program in a fresh process, one core, compile {judge_cfg.compile}:\n"
+        + _cost_lines(result["structures"])
+    )
+
+
+@click.command("judge-compile")
+@click.option(
+    "--envs",
+    default="dugongs,eight_schools,surgical,peregrines",
+    show_default=True,
+    help="Comma-separated envs whose reference and demonstrations are the programs.",
+)
+@click.option("--judge", "judge_name", default="default", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object with the numbers.")
+def bench_judge_compile(envs: str, judge_name: str, as_json: bool) -> None:
+    """New-structure cost per program: PyTensor's per-op linker vs the judge's."""
+    import dataclasses
+
+    from synthstats.config import ConfigError, load_judge_config
+    from synthstats.envs import get_env
+
+    try:
+        chosen = [get_env(name.strip()) for name in envs.split(",") if name.strip()]
+        judge_cfg = load_judge_config(judge_name)
+    except (ValueError, ConfigError) as error:
+        raise click.UsageError(str(error)) from None
+    programs = distinct_reference_and_demonstrations(chosen)
+    say = click.echo if not as_json else (lambda message: None)
+    costs = {}
+    for mode in ("per_op", "whole_function"):
+        say(f"{mode}: {len(programs)} programs, a fresh process each...")
+        costs[mode] = structure_costs(
+            programs, dataclasses.replace(judge_cfg, compile=mode), progress=say
+        )
+    result = {mode: summarise_costs(rows) for mode, rows in costs.items()}
+    before, after = result["per_op"]["new"], result["whole_function"]["new"]
+    result["ratio_median_new"] = before["median_s"] / after["median_s"]
+    result["elpd"] = compare_elpds(costs["per_op"], costs["whole_function"], programs)
+    result["programs"] = len(programs)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    for mode in ("per_op", "whole_function"):
+        click.echo(f"compile {mode}:\n" + _cost_lines(result[mode]))
+    agreement = result["elpd"]
+    click.echo(
+        f"median cost of a new structure: {result['ratio_median_new']:.2f}x lower\n"
+        f"ELPDs: {agreement['within']}/{agreement['compared']} within max(1, 3 MCSE); "
+        f"largest difference {agreement['max_difference']:.2f} nats"
     )
 
 
@@ -85,7 +151,6 @@ def run_bench(
     progress: bool = False,
 ) -> dict:
     """The benchmark's numbers as a dict (see the module docstring)."""
-    from synthstats.envs.base import Env
     from synthstats.judge.cache import ScoreCache
     from synthstats.judge.extract import extract_program
     from synthstats.judge.pool import JudgePool, default_workers
@@ -97,14 +162,7 @@ def run_bench(
     sources = [extract_program(completion) for completion in completions]
     with tempfile.TemporaryDirectory(prefix="synthstats-bench-") as scratch:
         root = Path(scratch)
-        warm_up_env = Env(
-            name="warm-up",
-            description="",
-            variables={"y": ""},
-            observed=("y",),
-            data=WARM_UP_DATA,
-            reference_program=WARM_UP_PROGRAM,
-        )
+        warm_up_env = _warm_up_env(WARM_UP_DATA, WARM_UP_PROGRAM)
         trusted = [(warm_up_env, WARM_UP_PROGRAM)]
         if compile_cache == "warm":
             trusted += [(env, source) for source in sources]
@@ -149,6 +207,106 @@ def run_bench(
         # naive and pool sample with the same seed: their ELPDs should agree
         "max_elpd_difference": max(differences, default=None),
     }
+
+
+def distinct_reference_and_demonstrations(envs) -> list[tuple]:
+    """(env, source): each env's reference program, then its distinct demonstrations."""
+    from synthstats.judge.cache import normalise_program
+    from synthstats.judge.extract import extract_program
+
+    programs = []
+    for env in envs:
+        seen = set()
+        candidates = [env.reference_program]
+        candidates += [extract_program(r["completion"]) for r in env.demonstrations()]
+        for source in candidates:
+            if source is None or normalise_program(source) in seen:
+                continue
+            seen.add(normalise_program(source))
+            programs.append((env, source))
+    return programs
+
+
+def structure_costs(programs, judge_cfg, progress=lambda message: None) -> list[dict]:
+    """For each (env, source): its score fields when new (first) and warm (second), from a
+    fresh process with an empty compile dir that runs the judge's warm-up first."""
+    from synthstats.judge.runner import WARM_UP_DATA, WARM_UP_PROGRAM
+    from synthstats.judge.unsandboxed import score_trusted
+
+    warm_up = (_warm_up_env(WARM_UP_DATA, WARM_UP_PROGRAM), WARM_UP_PROGRAM)
+    rows = []
+    for number, (env, source) in enumerate(programs):
+        with tempfile.TemporaryDirectory(prefix="synthstats-bench-") as scratch:
+            _, new, warm = score_trusted(
+                [warm_up, (env, source), (env, source)], judge_cfg, Path(scratch) / "cc"
+            )
+        rows.append({"env": env.name, "new": new, "warm": warm})
+        progress(f"  {number + 1}/{len(programs)} {env.name}: {new.get('seconds', 0):.1f} s new")
+    return rows
+
+
+def summarise_costs(rows: list[dict]) -> dict:
+    """Programs/min, median and p90 seconds, and time shares, for the new and warm passes."""
+    summary = {}
+    for which in ("new", "warm"):
+        scored = [row[which] for row in rows if row[which].get("ok")]
+        seconds = [score["seconds"] for score in scored]
+        total = sum(seconds)
+        summary[which] = {
+            "programs": len(scored),
+            "per_min": 60 * len(seconds) / total if total else 0.0,
+            "median_s": statistics.median(seconds) if seconds else float("nan"),
+            "p90_s": float(np.percentile(seconds, 90)) if seconds else float("nan"),
+            **{
+                f"{part}_share": sum(score[f"{part}_seconds"] for score in scored) / total
+                if total
+                else 0.0
+                for part in ("compile", "sampling", "loo")
+            },
+        }
+    return summary
+
+
+def compare_elpds(before: list[dict], after: list[dict], programs) -> dict:
+    """How many ELPDs agree within max(1, 3 MCSE) (the larger MCSE of the two)."""
+    compared = within = 0
+    largest = 0.0
+    for old, new in zip(before, after, strict=True):
+        a, b = old["new"], new["new"]
+        if not (a.get("ok") and b.get("ok")):
+            continue
+        difference = abs(a["elpd_loo"] - b["elpd_loo"])
+        tolerance = max(1.0, 3 * max(a.get("mcse_elpd") or 0.0, b.get("mcse_elpd") or 0.0))
+        compared += 1
+        within += difference <= tolerance
+        largest = max(largest, difference)
+    return {"compared": compared, "within": within, "max_difference": largest}
+
+
+def _cost_lines(summary: dict) -> str:
+    lines = []
+    for which in ("new", "warm"):
+        part = summary[which]
+        lines.append(
+            f"  {which} structures: {part['per_min']:.2f} programs/min, median "
+            f"{part['median_s']:.1f} s, p90 {part['p90_s']:.1f} s; compile "
+            f"{part['compile_share']:.0%}, sampling {part['sampling_share']:.0%}, "
+            f"LOO {part['loo_share']:.0%} ({part['programs']} ok)"
+        )
+    return "\n".join(lines)
+
+
+def _warm_up_env(data, program):
+    from synthstats.envs.base import Env
+
+    return Env(
+        name="warm-up",
+        description="",
+        variables={"y": ""},
+        observed=("y",),
+        data=data,
+        reference_program=program,
+    )
 
 
 def _distinct_programs(env, count: int) -> list[str]:

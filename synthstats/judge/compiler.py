@@ -17,10 +17,12 @@ own, kept so `synthstats bench judge` can measure one against the other in the s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,19 +97,28 @@ class WholeFunctionLinker(_Timed, CLinker):
             return per_op.make_thunk(*args, **kwargs)
 
 
+@contextlib.contextmanager
+def compiling_with(compile_mode: str) -> Iterator[None]:
+    """Every PyTensor function compiled inside (PyMC's included) uses the judge's mode."""
+    with pytensor.config.change_flags(mode=judge_mode(compile_mode)):
+        yield
+
+
 def judge_mode(compile_mode: str) -> Mode:
     """The PyTensor mode phase 2 compiles with. The first whole-function mode in a process
     prepares the precompiled header for PyTensor's compile dir."""
     global _prepared_for
     if compile_mode == "per_op":
-        return Mode(linker=PerOpLinker(use_cloop=True, c_thunks=True), optimizer="fast_run")
+        return Mode(
+            linker=PerOpLinker(use_cloop=True, c_thunks=True), optimizer=pytensor.config.optimizer
+        )
     if compile_mode != "whole_function":
         raise ValueError(f"judge.compile must be one of {COMPILE_MODES}, got {compile_mode!r}")
     compile_dir = Path(pytensor.config.compiledir)
     if _prepared_for != compile_dir:
         _prepared_for = compile_dir
         prepare_precompiled_header(compile_dir)
-    return Mode(linker=WholeFunctionLinker(), optimizer="fast_run")
+    return Mode(linker=WholeFunctionLinker(), optimizer=pytensor.config.optimizer)
 
 
 def prepare_precompiled_header(compile_dir: Path) -> bool:

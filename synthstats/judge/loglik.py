@@ -13,13 +13,12 @@ from typing import Any
 import pymc as pm
 from pymc.backends.arviz import apply_function_over_dataset, coords_and_dims_for_inferencedata
 from pymc.model.transform.conditioning import remove_value_transforms
-from pytensor.compile.mode import Mode
 
 
 class PointwiseLogLikelihood:
     """log p(y_i | theta) for each observed variable, from constrained draws of theta."""
 
-    def __init__(self, model: pm.Model, observed_names: Sequence[str], mode: Mode | None = None):
+    def __init__(self, model: pm.Model, observed_names: Sequence[str]):
         self.names = tuple(observed_names)
         self._model = remove_value_transforms(model)
         targets = [self._model.named_vars[name] for name in self.names]
@@ -27,7 +26,6 @@ class PointwiseLogLikelihood:
             inputs=self._model.value_vars,
             outs=self._model.logp(vars=targets, sum=False),
             on_unused_input="ignore",
-            mode=mode,
         )
 
     def dataset(self, draws: Any) -> Any:

@@ -46,14 +46,12 @@ class Refit:
 
     model: the model as the judge built it (the one `idata` was sampled from);
     sample: draws a posterior of a model with the judge's budget (an InferenceData);
-    max_refits: at most this many extra fits per program (0: PSIS alone, as before);
-    compile_kwargs: how the refitted log-likelihood is compiled (the judge's mode).
+    max_refits: at most this many extra fits per program (0: PSIS alone, as before).
     """
 
     model: pm.Model
     sample: Callable[[pm.Model], Any]
     max_refits: int
-    compile_kwargs: dict[str, Any] | None = None
 
 
 def loo_fields(result: Any) -> dict[str, Any]:
@@ -152,7 +150,6 @@ def refit_log_likelihood(
             model=model,
             extend_inferencedata=False,
             progressbar=False,
-            compile_kwargs=refit.compile_kwargs,
         )
         per_point = np.concatenate(
             [

@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 import pymc as pm
-from pytensor.compile.mode import Mode
 
-from synthstats.judge.compiler import compiled_seconds, judge_mode
+from synthstats.judge.compiler import compiled_seconds, compiling_with
 from synthstats.judge.contract import check_contract
 from synthstats.judge.describe import describe_model
 from synthstats.judge.gate import (
@@ -139,10 +138,11 @@ def score_description(
             model = rebuild_model(description, arrays)
             holders = check_contract(model, arrays)
             compiled = compiled_seconds()
-            mode = judge_mode(budget.compile)
-            loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed], mode)
-            check_leaks(model, arrays, reference_elpd, budget.seed, loglik)
-        fit = _fit(model, loglik, budget, mode)
+            with compiling_with(budget.compile):
+                loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed])
+                check_leaks(model, arrays, reference_elpd, budget.seed, loglik)
+        with compiling_with(budget.compile):
+            fit = _fit(model, loglik, budget)
         fit["compile_seconds"] = compiled_seconds() - compiled
     except Failure as failure:
         return {"ok": False, "error_kind": failure.kind, "message": failure.message}
@@ -185,9 +185,7 @@ def run_program(source: str, data: Mapping[str, np.ndarray]) -> pm.Model:
     return model
 
 
-def _fit(
-    model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget, mode: Mode
-) -> dict[str, Any]:
+def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dict[str, Any]:
     """Samples and scores. Also the seconds spent sampling (refits included) and in LOO,
     each without the compiling done inside it (`compiled_seconds` counts that)."""
     spent = {"sampling": 0.0}
@@ -205,7 +203,6 @@ def _fit(
                 progressbar=False,
                 compute_convergence_checks=False,
                 model=fitted,
-                compile_kwargs={"mode": mode},
             )
         finally:
             spent["sampling"] += time.perf_counter() - start - (compiled_seconds() - compiled)
@@ -216,8 +213,7 @@ def _fit(
             idata = sample(model)
             start, compiled, sampled = time.perf_counter(), compiled_seconds(), spent["sampling"]
             loglik.add_to(idata)
-            refit = Refit(model, sample, budget.loo_refits, {"mode": mode})
-            fit = summarise_fit(idata, loglik.names, refit)
+            fit = summarise_fit(idata, loglik.names, Refit(model, sample, budget.loo_refits))
     except MemoryError:
         raise Failure("memory", "ran out of memory while sampling") from None
     except Exception as error:

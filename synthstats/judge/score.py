@@ -55,8 +55,12 @@ class Score:
     rhat_max: float | None = None
     # Rough Monte Carlo standard error of elpd_loo, from split-chain batches.
     mcse_elpd: float | None = None
-    # Wall-clock seconds the judge spent scoring (not the cache lookup, for cached scores).
+    # Wall-clock seconds the judge spent scoring (not the cache lookup, for cached scores),
+    # and of them: compiling the model's functions, sampling (LOO refits included), LOO.
     seconds: float = 0.0
+    compile_seconds: float | None = None
+    sampling_seconds: float | None = None
+    loo_seconds: float | None = None
     cached: bool = False
 
     def __post_init__(self) -> None:

@@ -57,6 +57,7 @@ def score_trusted(
 
 
 def _main() -> None:
+    import time
     import warnings
 
     warnings.simplefilter("ignore")
@@ -65,15 +66,15 @@ def _main() -> None:
     results = []
     for request in pickle.loads(sys.stdin.buffer.read()):
         budget = Budget(**request["budget"])
-        results.append(
-            score_source(
-                request["source"],
-                request["data"],
-                tuple(request["observed"]),
-                budget,
-                request["reference_elpd"],
-            )
+        start = time.perf_counter()
+        result = score_source(
+            request["source"],
+            request["data"],
+            tuple(request["observed"]),
+            budget,
+            request["reference_elpd"],
         )
+        results.append({**result, "seconds": time.perf_counter() - start})
     print(json.dumps(results))
 
 
