@@ -101,9 +101,12 @@ def bench_judge(
     show_default=True,
     help="Comma-separated envs whose reference and demonstrations are the programs.",
 )
+@click.option(
+    "--programs", "count", type=click.IntRange(min=1), default=None, help="[default: all]"
+)
 @click.option("--judge", "judge_name", default="default", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object with the numbers.")
-def bench_judge_compile(envs: str, judge_name: str, as_json: bool) -> None:
+def bench_judge_compile(envs: str, count: int | None, judge_name: str, as_json: bool) -> None:
     """New-structure cost per program: PyTensor's per-op linker vs the judge's."""
     import dataclasses
 
@@ -115,7 +118,7 @@ def bench_judge_compile(envs: str, judge_name: str, as_json: bool) -> None:
         judge_cfg = load_judge_config(judge_name)
     except (ValueError, ConfigError) as error:
         raise click.UsageError(str(error)) from None
-    programs = distinct_reference_and_demonstrations(chosen)
+    programs = distinct_reference_and_demonstrations(chosen)[:count]
     say = click.echo if not as_json else (lambda message: None)
     costs = {}
     for mode in ("per_op", "whole_function"):
@@ -126,7 +129,7 @@ def bench_judge_compile(envs: str, judge_name: str, as_json: bool) -> None:
     result = {mode: summarise_costs(rows) for mode, rows in costs.items()}
     before, after = result["per_op"]["new"], result["whole_function"]["new"]
     result["ratio_median_new"] = before["median_s"] / after["median_s"]
-    result["elpd"] = compare_elpds(costs["per_op"], costs["whole_function"], programs)
+    result["elpd"] = compare_elpds(costs["per_op"], costs["whole_function"])
     result["programs"] = len(programs)
     if as_json:
         click.echo(json.dumps(result))
@@ -267,7 +270,7 @@ def summarise_costs(rows: list[dict]) -> dict:
     return summary
 
 
-def compare_elpds(before: list[dict], after: list[dict], programs) -> dict:
+def compare_elpds(before: list[dict], after: list[dict]) -> dict:
     """How many ELPDs agree within max(1, 3 MCSE) (the larger MCSE of the two)."""
     compared = within = 0
     largest = 0.0

@@ -29,6 +29,7 @@ from typing import Any
 import pytensor
 from pytensor.compile.mode import Mode
 from pytensor.graph.utils import MethodNotDefined
+from pytensor.link.basic import Container
 from pytensor.link.c.basic import CLinker
 from pytensor.link.vm import VMLinker
 
@@ -78,23 +79,80 @@ class PerOpLinker(_Timed, VMLinker):
 
 class WholeFunctionLinker(_Timed, CLinker):
     """PyTensor's `c` linker with the judge's compiler flags, timed; a function with an
-    op that has no C code is linked per op instead."""
+    op that has no C code is linked per op instead. The precompiled header stays out of
+    the module's cache key: it only saves parsing, and its path differs between workers,
+    which would stop them sharing modules compiled from a common seed."""
+
+    _keying = False
 
     def compile_args(self) -> list[str]:
         args = [arg for arg in super().compile_args() if not arg.startswith("-O")]
         args += _OPTIMISATION
-        if _precompiled_header is not None:
+        if _precompiled_header is not None and not self._keying:
             args += ["-include", str(_precompiled_header)]
         return args
 
-    def _make_thunk(self, *args: Any, **kwargs: Any) -> Any:
+    def cmodule_key(self) -> Any:
+        self._keying = True
         try:
-            return CLinker.make_thunk(self, *args, **kwargs)
+            return super().cmodule_key()
+        finally:
+            self._keying = False
+
+    def _make_thunk(
+        self, input_storage: Any = None, output_storage: Any = None, storage_map: Any = None
+    ) -> Any:
+        try:
+            whole, inputs, outputs = CLinker.make_thunk(
+                self, input_storage, output_storage, storage_map
+            )
         except (MethodNotDefined, NotImplementedError):
             logger.debug("an op has no C code: this function is linked per op")
-            per_op = VMLinker(use_cloop=True, c_thunks=True)
-            per_op = per_op.accept(self.fgraph, no_recycling=self.no_recycling)
-            return per_op.make_thunk(*args, **kwargs)
+            return self._per_op(input_storage, output_storage, storage_map)
+        guarded = _Guarded(whole, inputs, outputs, lambda: self._per_op(None, None, None))
+        return guarded, inputs, outputs
+
+    def _per_op(self, input_storage: Any, output_storage: Any, storage_map: Any) -> Any:
+        per_op = VMLinker(use_cloop=True, c_thunks=True)
+        per_op = per_op.accept(self.fgraph, no_recycling=self.no_recycling)
+        return per_op.make_thunk(
+            input_storage=input_storage, output_storage=output_storage, storage_map=storage_map
+        )
+
+
+def _cell(container: Any) -> list:
+    """The one-element list a PyTensor Container keeps its value in."""
+    return container.storage if isinstance(container, Container) else container
+
+
+class _Guarded:
+    """A whole-function thunk that, the first time it raises, hands over for good to the
+    same function linked per op (its own storage, fed from and copied back to the whole
+    function's), and runs that instead. Some ops' C code misbehaves inside one module
+    (IncSubtensor with a scalar index raises a NumPy casting error); an error the function
+    really raises is raised again per op."""
+
+    def __init__(self, whole: Any, inputs: list, outputs: list, make_per_op: Any):
+        self._whole, self._make_per_op, self._per_op = whole, make_per_op, None
+        self._inputs = [_cell(container) for container in inputs]
+        self._outputs = [_cell(container) for container in outputs]
+        self.nodes = getattr(whole, "nodes", None)
+
+    def __call__(self) -> None:
+        if self._per_op is None:
+            try:
+                self._whole()
+                return
+            except Exception:
+                logger.debug("a whole-function thunk raised: linked per op from now on")
+                thunk, inputs, outputs = self._make_per_op()
+                self._per_op = thunk, [_cell(c) for c in inputs], [_cell(c) for c in outputs]
+        thunk, inputs, outputs = self._per_op
+        for mine, theirs in zip(self._inputs, inputs, strict=True):
+            theirs[0] = mine[0]
+        thunk()
+        for mine, theirs in zip(self._outputs, outputs, strict=True):
+            mine[0] = theirs[0]
 
 
 @contextlib.contextmanager
