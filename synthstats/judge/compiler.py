@@ -10,9 +10,12 @@ functions are small and called tens of thousands of times from Python, so instea
 - -O1 without debug information, and the headers every module includes are precompiled
   once per compile directory (a GCC precompiled header, checked before it is used).
 
-A function with an op that has no C code falls back to PyTensor's per-op linker. Which
-linker a judge uses is `judge.compile` (`whole_function`, the default; `per_op`, PyTensor's
-own, kept so `synthstats bench judge` can measure one against the other in the same run).
+A function with an op that has no C code is linked per op instead, and so is one whose
+single module raises when run (some ops' C code is only right in a module of its own).
+Which linker a judge uses is `judge.compile` (`whole_function`, the default; `per_op`,
+PyTensor's own, kept so `synthstats bench judge-compile` can measure one against the other
+in the same run). Phase 1 never compiles and cannot write the compile dir (confine.py), so
+the precompiled header, like the modules, holds only what phase 2 built.
 """
 
 from __future__ import annotations
