@@ -1,6 +1,7 @@
 """The judge's whole-function compile (judge/compiler.py): the same numbers as PyTensor's
-per-op linker, a per-op fallback for ops without C code, and a precompiled header that is
-checked before it is used."""
+per-op linker (ops whose C code reads an input's Python object included), a per-op
+fallback where one module cannot be right, and a precompiled header that is checked before
+it is used."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import pymc as pm
 import pytensor
+import pytensor.tensor as pt
+from pytensor.link.c.basic import _CThunk
+from pytensor.tensor.basic import scalar_from_tensor, tensor_from_scalar
 
+from synthstats.judge import compiler
 from synthstats.judge.compiler import (
     COMPILE_MODES,
     PerOpLinker,
     WholeFunctionLinker,
     compiled_seconds,
     compiling_with,
+    judge_mode,
     prepare_precompiled_header,
 )
 
@@ -52,20 +58,64 @@ def test_a_function_with_an_op_without_c_code_is_linked_per_op():
     assert draws.shape == (4,) and (draws > 0).all()
 
 
-def test_the_precompiled_header_is_built_checked_and_refused_when_broken(tmp_path, caplog):
+def test_the_precompiled_header_is_rebuilt_when_damaged_and_refused_when_unbuildable(
+    tmp_path, caplog, monkeypatch
+):
+    built = tmp_path / "synthstats-pch" / "judge_headers.h.gch"
     try:
         assert prepare_precompiled_header(tmp_path)
-        built = tmp_path / "synthstats-pch" / "judge_headers.h.gch"
         assert built.stat().st_size > 1_000_000
         built.write_bytes(b"not a precompiled header")
+        assert prepare_precompiled_header(tmp_path)
+        assert built.stat().st_size > 1_000_000
+        built.write_bytes(b"not a precompiled header")
+        monkeypatch.setattr(compiler, "_COMMON_HEADERS", ("no_such_header.h",))
         with caplog.at_level(logging.WARNING, logger="synthstats.judge.compiler"):
             assert not prepare_precompiled_header(tmp_path)
-        assert "not valid" in caplog.text
+        assert "refuses the precompiled header" in caplog.text
         with compiling_with("whole_function"):  # without it, modules still compile
             logp = _model().compile_logp()
         assert np.isfinite(logp(_model().initial_point()))
     finally:
+        monkeypatch.undo()
         prepare_precompiled_header(Path(pytensor.config.compiledir))
+
+
+def _both_modes(inputs: list, outputs: list) -> dict:
+    return {
+        mode: pytensor.function(inputs, outputs, mode=judge_mode(mode)) for mode in COMPILE_MODES
+    }
+
+
+def test_ops_using_a_computed_tensors_python_object_run_in_one_module():
+    """Subtensor's view and IncSubtensor's copy read the Python object of their input;
+    in one module a computed input has none unless the judge gives its C variable."""
+    x = pt.dvector("x")
+    computed = pt.exp(x)
+    total = (
+        (computed[1:] * 2).sum()
+        + pt.set_subtensor(computed[:2], 0.0).sum()
+        + pt.inc_subtensor(computed[1], 3.0).sum()
+    )
+    functions = _both_modes([x], [total, pytensor.grad(total, x)])
+    assert isinstance(functions["whole_function"].vm, _CThunk)  # one module, no fallback
+    point = np.array([0.1, -0.2, 0.3])
+    for _ in range(3):  # the module's storage is reused between calls
+        whole, per_op = functions["whole_function"](point), functions["per_op"](point)
+        for ours, theirs in zip(whole, per_op, strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-12)
+        point = point + 0.5
+
+
+def test_a_function_needing_a_computed_scalars_python_object_is_linked_per_op():
+    x = pt.dvector("x")
+    doubled = tensor_from_scalar(scalar_from_tensor(pt.exp(x).sum()) * 2)
+    functions = _both_modes([x], [doubled])
+    assert not isinstance(functions["whole_function"].vm, _CThunk)
+    point = np.array([0.1, -0.2, 0.3])
+    np.testing.assert_allclose(
+        functions["whole_function"](point)[0], functions["per_op"](point)[0], rtol=1e-12
+    )
 
 
 def test_a_module_key_does_not_depend_on_where_the_precompiled_header_lives(tmp_path):

@@ -10,8 +10,9 @@ functions are small and called tens of thousands of times from Python, so instea
 - -O1 without debug information, and the headers every module includes are precompiled
   once per compile directory (a GCC precompiled header, checked before it is used).
 
-A function with an op that has no C code is linked per op instead, and so is one whose
-single module raises when run (some ops' C code is only right in a module of its own).
+A function with an op that has no C code is linked per op instead. Some ops' C code uses
+an input's Python object, which one module only has for tensors: see
+`_one_module_c_code`.
 Which linker a judge uses is `judge.compile` (`whole_function`, the default; `per_op`,
 PyTensor's own, kept so `synthstats bench judge-compile` can measure one against the other
 in the same run). Phase 1 never compiles and cannot write the compile dir (confine.py), so
@@ -21,7 +22,10 @@ the precompiled header, like the modules, holds only what phase 2 built.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import re
 import subprocess
 import sysconfig
 import time
@@ -32,9 +36,10 @@ from typing import Any
 import pytensor
 from pytensor.compile.mode import Mode
 from pytensor.graph.utils import MethodNotDefined
-from pytensor.link.basic import Container
 from pytensor.link.c.basic import CLinker
+from pytensor.link.c.op import CLinkerOp
 from pytensor.link.vm import VMLinker
+from pytensor.tensor.type import TensorType
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +56,9 @@ _COMMON_HEADERS = (
     "vector",
     "algorithm",
 )
-_OPTIMISATION = ["-O1", "-g0"]
+# The mark keeps modules compiled with `_one_module_c_code` apart in the cache from any
+# compiled without it.
+_JUDGE_FLAGS = ["-O1", "-g0", "-DSYNTHSTATS_TENSOR_OBJECTS_FROM_C_VARIABLES"]
 
 _precompiled_header: Path | None = None
 _prepared_for: Path | None = None
@@ -90,7 +97,7 @@ class WholeFunctionLinker(_Timed, CLinker):
 
     def compile_args(self) -> list[str]:
         args = [arg for arg in super().compile_args() if not arg.startswith("-O")]
-        args += _OPTIMISATION
+        args += _JUDGE_FLAGS
         if _precompiled_header is not None and not self._keying:
             args += ["-include", str(_precompiled_header)]
         return args
@@ -102,18 +109,21 @@ class WholeFunctionLinker(_Timed, CLinker):
         finally:
             self._keying = False
 
+    def code_gen(self) -> Any:
+        with _tensor_objects_from_c_variables(self.fgraph):
+            return super().code_gen()
+
     def _make_thunk(
         self, input_storage: Any = None, output_storage: Any = None, storage_map: Any = None
     ) -> Any:
+        if _needs_python_objects_of_computed_scalars(self.fgraph):
+            logger.debug("an op's C code needs a Python object one module lacks: linked per op")
+            return self._per_op(input_storage, output_storage, storage_map)
         try:
-            whole, inputs, outputs = CLinker.make_thunk(
-                self, input_storage, output_storage, storage_map
-            )
+            return CLinker.make_thunk(self, input_storage, output_storage, storage_map)
         except (MethodNotDefined, NotImplementedError):
             logger.debug("an op has no C code: this function is linked per op")
             return self._per_op(input_storage, output_storage, storage_map)
-        guarded = _Guarded(whole, inputs, outputs, lambda: self._per_op(None, None, None))
-        return guarded, inputs, outputs
 
     def _per_op(self, input_storage: Any, output_storage: Any, storage_map: Any) -> Any:
         per_op = VMLinker(use_cloop=True, c_thunks=True)
@@ -123,39 +133,58 @@ class WholeFunctionLinker(_Timed, CLinker):
         )
 
 
-def _cell(container: Any) -> list:
-    """The one-element list a PyTensor Container keeps its value in."""
-    return container.storage if isinstance(container, Container) else container
+# Some ops' C code uses the Python object of an input (`py_<name>`): Subtensor's view takes
+# `py_x` as its base, IncSubtensor copies from it. Linked per op every input comes from
+# Python, so `py_x` is set; in one module a value the function computes lives as a C
+# variable alone and its `py_` slot holds None (the op aborts on an assertion or reads
+# None). A tensor's C variable IS its Python object (a PyArrayObject*), so in one module
+# the op's code is given that instead; a computed scalar's is a C number, and a function
+# with such code is linked per op.
 
 
-class _Guarded:
-    """A whole-function thunk that, the first time it raises, hands over for good to the
-    same function linked per op (its own storage, fed from and copied back to the whole
-    function's), and runs that instead. Some ops' C code misbehaves inside one module
-    (IncSubtensor with a scalar index raises a NumPy casting error); an error the function
-    really raises is raised again per op."""
+def _one_module_c_code(op: Any, node: Any, name: str, inputs: list, outputs: list, sub: dict):
+    code = type(op).c_code(op, node, name, inputs, outputs, sub)
+    for variable, symbol in zip([*node.inputs, *node.outputs], [*inputs, *outputs], strict=True):
+        if variable.owner is not None and isinstance(variable.type, TensorType):
+            code = re.sub(rf"\bpy_{symbol}\b", f"((PyObject*){symbol})", code)
+    return code
 
-    def __init__(self, whole: Any, inputs: list, outputs: list, make_per_op: Any):
-        self._whole, self._make_per_op, self._per_op = whole, make_per_op, None
-        self._inputs = [_cell(container) for container in inputs]
-        self._outputs = [_cell(container) for container in outputs]
-        self.nodes = getattr(whole, "nodes", None)
 
-    def __call__(self) -> None:
-        if self._per_op is None:
-            try:
-                self._whole()
-                return
-            except Exception:
-                logger.debug("a whole-function thunk raised: linked per op from now on")
-                thunk, inputs, outputs = self._make_per_op()
-                self._per_op = thunk, [_cell(c) for c in inputs], [_cell(c) for c in outputs]
-        thunk, inputs, outputs = self._per_op
-        for mine, theirs in zip(self._inputs, inputs, strict=True):
-            theirs[0] = mine[0]
-        thunk()
-        for mine, theirs in zip(self._outputs, outputs, strict=True):
-            mine[0] = theirs[0]
+@contextlib.contextmanager
+def _tensor_objects_from_c_variables(fgraph: Any) -> Iterator[None]:
+    ops = {id(node.op): node.op for node in fgraph.apply_nodes if isinstance(node.op, CLinkerOp)}
+    for op in ops.values():
+        object.__setattr__(op, "c_code", functools.partial(_one_module_c_code, op))
+    try:
+        yield
+    finally:
+        for op in ops.values():
+            object.__delattr__(op, "c_code")
+
+
+def _needs_python_objects_of_computed_scalars(fgraph: Any) -> bool:
+    """Whether, after the tensor rewrite, an op's C code in this function still uses the
+    Python object of a value the function computes (a scalar's, or one this check cannot
+    generate code for)."""
+    for node in fgraph.toposort():
+        if not isinstance(node.op, CLinkerOp):
+            continue  # CLinker refuses the function: it is linked per op anyway
+        symbols: dict[Any, str] = {}  # one name per variable, as CLinker names them
+        for variable in [*node.inputs, *node.outputs]:
+            symbols.setdefault(variable, f"synthstats_v{len(symbols)}")
+        inputs = [symbols[variable] for variable in node.inputs]
+        outputs = [symbols[variable] for variable in node.outputs]
+        sub = {"failure_var": "__failure", "id": 0, "fail": "{}", "params": "__params"}
+        try:
+            code = _one_module_c_code(node.op, node, "synthstats_node", inputs, outputs, sub)
+        except (MethodNotDefined, NotImplementedError):
+            continue
+        except Exception:
+            return True  # code this check cannot generate is not trusted to one module
+        for variable, symbol in symbols.items():
+            if variable.owner is not None and re.search(rf"\bpy_{symbol}\b", code):
+                return True
+    return False
 
 
 @contextlib.contextmanager
@@ -183,36 +212,56 @@ def judge_mode(compile_mode: str) -> Mode:
 
 
 def prepare_precompiled_header(compile_dir: Path) -> bool:
-    """Builds the common headers' precompiled header in `compile_dir` (once) and uses it
-    if g++ accepts it for a module compiled with the judge's flags. True if it is used."""
+    """Uses the common headers' precompiled header in `compile_dir` if g++ accepts it for
+    a module compiled with the judge's flags, building it when it is missing or refused
+    (another compiler, other flags, a damaged file). True if it is used."""
     global _precompiled_header
-    from pytensor.link.c.cmodule import GCC_compiler
-
     _precompiled_header = None
-    folder = compile_dir / "synthstats-pch"
-    header = folder / "judge_headers.h"
-    flags = _module_flags(GCC_compiler.compile_args())
-    includes = [f"-I{path}" for path in _include_dirs()]
-    if not (folder / "judge_headers.h.gch").exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        header.write_text("".join(f"#include <{name}>\n" for name in _COMMON_HEADERS))
-        built = _run([*flags, *includes, "-x", "c++-header", "-o", f"{header}.gch", str(header)])
-        if not built:
-            return False
-    probe = folder / "probe.cpp"
-    probe.write_text("#include <Python.h>\nint probe(void) { return 0; }\n")
-    check = [*flags, *includes, "-Winvalid-pch", "-Werror", "-include", str(header)]
-    if not _run([*check, "-fsyntax-only", str(probe)]):
-        logger.warning("the precompiled header is not valid for this compiler: not used")
+    header = compile_dir / "synthstats-pch" / "judge_headers.h"
+    if not (_accepted(header) or (_build(header) and _accepted(header))):
+        logger.warning("g++ refuses the precompiled header: modules compile without it")
         return False
     _precompiled_header = header
     return True
 
 
+def _build(header: Path) -> bool:
+    """Builds the precompiled header next to `header`; a file of its own first, renamed
+    into place, so workers sharing a compile dir never read a half-written one."""
+    header.parent.mkdir(parents=True, exist_ok=True)
+    header.write_text("".join(f"#include <{name}>\n" for name in _COMMON_HEADERS))
+    building = header.parent / f"judge_headers.h.gch.{os.getpid()}"
+    command = [*_pch_flags(), "-x", "c++-header", "-o", str(building), str(header)]
+    if not _run(command):
+        building.unlink(missing_ok=True)
+        return False
+    building.replace(f"{header}.gch")
+    return True
+
+
+def _accepted(header: Path) -> bool:
+    if not Path(f"{header}.gch").exists():
+        return False
+    probe = header.parent / f"probe.{os.getpid()}.cpp"
+    probe.write_text("#include <Python.h>\nint probe(void) { return 0; }\n")
+    try:
+        check = ["-Winvalid-pch", "-Werror", "-include", str(header), "-fsyntax-only"]
+        return _run([*_pch_flags(), *check, str(probe)])
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _pch_flags() -> list[str]:
+    from pytensor.link.c.cmodule import GCC_compiler
+
+    includes = [f"-I{path}" for path in _include_dirs()]
+    return [*_module_flags(GCC_compiler.compile_args()), *includes]
+
+
 def _module_flags(compiler_args: list[str]) -> list[str]:
     """The flags of a module compile that a precompiled header must share."""
     head = ["-fno-math-errno", "-Wno-unused-label", "-Wno-unused-variable", "-Wno-write-strings"]
-    return [pytensor.config.cxx, "-g", *head, *compiler_args, *_OPTIMISATION, "-fvisibility=hidden"]
+    return [pytensor.config.cxx, "-g", *head, *compiler_args, *_JUDGE_FLAGS, "-fvisibility=hidden"]
 
 
 def _include_dirs() -> list[str]:

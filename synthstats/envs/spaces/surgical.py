@@ -74,5 +74,5 @@ SPACE = ProgramSpace(
     observed="r",
     template=TEMPLATE,
     slots=(EFFECTS, LINK, INTERCEPT_PRIOR, LIKELIHOOD),
-    reward_temperature=0.5,
+    reward_temperature=1.5,
 )
