@@ -43,12 +43,13 @@ def test_bench_judge_compile_measures_both_linkers_on_the_same_new_structures():
         ["bench", "judge-compile", "--envs", "dugongs", "--programs", "1", "--json"],
     )
     assert result.exit_code == 0, result.output
-    numbers = json.loads(result.stdout.strip().splitlines()[-1])
+    numbers = json.loads(result.stdout)  # progress goes to stderr, the JSON alone to stdout
+    assert "1/1 dugongs" in result.stderr
     assert numbers["programs"] == 1
     for mode in ("per_op", "whole_function"):
         for which in ("new", "warm"):
             part = numbers[mode][which]
-            assert part["programs"] == 1 and part["per_min"] > 0
+            assert part["programs"] == 1 and part["failed"] == 0 and part["per_min"] > 0
             assert part["median_s"] <= part["p90_s"]
             shares = part["compile_share"] + part["sampling_share"] + part["loo_share"]
             assert 0.5 < shares <= 1.0

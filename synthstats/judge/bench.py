@@ -32,6 +32,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -73,13 +74,14 @@ def bench_judge(
     completions = _distinct_programs(env, count)
     if not completions:
         raise click.UsageError(f"env {env_name!r} ships no demonstrations to benchmark")
-    say = click.echo if not as_json else (lambda message: None)
+    say = _progress(as_json)
     result = run_bench(
-        env, judge_cfg, completions, workers, compile_cache=compile_cache, progress=not as_json
+        env, judge_cfg, completions, workers, compile_cache=compile_cache, progress=say
     )
     say(f"structure costs: {len(completions)} fresh processes, one at a time...")
     sources = [extract_program(completion) for completion in completions]
-    result["structures"] = summarise_costs(structure_costs([(env, s) for s in sources], judge_cfg))
+    costs = structure_costs([(env, source) for source in sources], judge_cfg, progress=say)
+    result["structures"] = summarise_costs(costs)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -119,7 +121,7 @@ def bench_judge_compile(envs: str, count: int | None, judge_name: str, as_json: 
     except (ValueError, ConfigError) as error:
         raise click.UsageError(str(error)) from None
     programs = distinct_reference_and_demonstrations(chosen)[:count]
-    say = click.echo if not as_json else (lambda message: None)
+    say = _progress(as_json)
     costs = {}
     for mode in ("per_op", "whole_function"):
         say(f"{mode}: {len(programs)} programs, a fresh process each...")
@@ -151,7 +153,7 @@ def run_bench(
     workers: int | None,
     *,
     compile_cache: str = "warm",
-    progress: bool = False,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> dict:
     """The benchmark's numbers as a dict (see the module docstring)."""
     from synthstats.judge.cache import ScoreCache
@@ -160,7 +162,7 @@ def run_bench(
     from synthstats.judge.runner import WARM_UP_DATA, WARM_UP_PROGRAM
     from synthstats.judge.unsandboxed import score_trusted
 
-    say = click.echo if progress else (lambda message: None)
+    say = progress
     workers = workers or judge_cfg.workers or default_workers()
     sources = [extract_program(completion) for completion in completions]
     with tempfile.TemporaryDirectory(prefix="synthstats-bench-") as scratch:
@@ -230,7 +232,9 @@ def distinct_reference_and_demonstrations(envs) -> list[tuple]:
     return programs
 
 
-def structure_costs(programs, judge_cfg, progress=lambda message: None) -> list[dict]:
+def structure_costs(
+    programs, judge_cfg, progress: Callable[[str], None] = lambda message: None
+) -> list[dict]:
     """For each (env, source): its score fields when new (first) and warm (second), from a
     fresh process with an empty compile dir that runs the judge's warm-up first."""
     from synthstats.judge.runner import WARM_UP_DATA, WARM_UP_PROGRAM
@@ -240,11 +244,15 @@ def structure_costs(programs, judge_cfg, progress=lambda message: None) -> list[
     rows = []
     for number, (env, source) in enumerate(programs):
         with tempfile.TemporaryDirectory(prefix="synthstats-bench-") as scratch:
-            _, new, warm = score_trusted(
-                [warm_up, (env, source), (env, source)], judge_cfg, Path(scratch) / "cc"
-            )
+            try:
+                _, new, warm = score_trusted(
+                    [warm_up, (env, source), (env, source)], judge_cfg, Path(scratch) / "cc"
+                )
+            except RuntimeError as error:  # the process died: count it, measure the rest
+                new = warm = {"ok": False, "message": str(error)[-500:]}
         rows.append({"env": env.name, "new": new, "warm": warm})
-        progress(f"  {number + 1}/{len(programs)} {env.name}: {new.get('seconds', 0):.1f} s new")
+        outcome = f"{new['seconds']:.1f} s new" if new.get("ok") else f"failed: {new['message']}"
+        progress(f"  {number + 1}/{len(programs)} {env.name}: {outcome}")
     return rows
 
 
@@ -257,6 +265,7 @@ def summarise_costs(rows: list[dict]) -> dict:
         total = sum(seconds)
         summary[which] = {
             "programs": len(scored),
+            "failed": len(rows) - len(scored),
             "per_min": 60 * len(seconds) / total if total else 0.0,
             "median_s": statistics.median(seconds) if seconds else float("nan"),
             "p90_s": float(np.percentile(seconds, 90)) if seconds else float("nan"),
@@ -286,6 +295,11 @@ def compare_elpds(before: list[dict], after: list[dict]) -> dict:
     return {"compared": compared, "within": within, "max_difference": largest}
 
 
+def _progress(as_json: bool) -> Callable[[str], None]:
+    """Progress lines: on stdout, or on stderr when stdout carries the JSON."""
+    return lambda message: click.echo(message, err=as_json)
+
+
 def _cost_lines(summary: dict) -> str:
     lines = []
     for which in ("new", "warm"):
@@ -294,7 +308,7 @@ def _cost_lines(summary: dict) -> str:
             f"  {which} structures: {part['per_min']:.2f} programs/min, median "
             f"{part['median_s']:.1f} s, p90 {part['p90_s']:.1f} s; compile "
             f"{part['compile_share']:.0%}, sampling {part['sampling_share']:.0%}, "
-            f"LOO {part['loo_share']:.0%} ({part['programs']} ok)"
+            f"LOO {part['loo_share']:.0%} ({part['programs']} ok, {part['failed']} failed)"
         )
     return "\n".join(lines)
 
