@@ -12,7 +12,9 @@ import numpy as np
 import pymc as pm
 import pytensor
 import pytensor.tensor as pt
+import pytest
 from pytensor.link.c.basic import _CThunk
+from pytensor.link.c.cmodule import GCC_compiler
 from pytensor.tensor.basic import scalar_from_tensor, tensor_from_scalar
 
 from synthstats.judge import compiler
@@ -21,10 +23,10 @@ from synthstats.judge.compiler import (
     PerOpLinker,
     WholeFunctionLinker,
     compiled_seconds,
-    compiling_with,
-    judge_mode,
+    hot_mode,
     prepare_precompiled_header,
 )
+from synthstats.judge.runner import Budget, score_source
 
 
 def _model() -> pm.Model:
@@ -41,8 +43,10 @@ def test_both_linkers_compute_the_same_log_density_and_gradient():
     computed = {}
     for mode, linker in zip(COMPILE_MODES, (WholeFunctionLinker, PerOpLinker), strict=True):
         before = compiled_seconds()
-        with compiling_with(mode):
-            logp, dlogp = model.compile_logp(), model.compile_dlogp()
+        logp, dlogp = (
+            model.compile_logp(mode=hot_mode(mode)),
+            model.compile_dlogp(mode=hot_mode(mode)),
+        )
         assert isinstance(logp.f.maker.linker, linker)
         assert compiled_seconds() > before  # the judge's time shares see the compile
         computed[mode] = (logp(point), dlogp(point))
@@ -53,9 +57,41 @@ def test_both_linkers_compute_the_same_log_density_and_gradient():
 
 def test_a_function_with_an_op_without_c_code_is_linked_per_op():
     model = _model()
-    with compiling_with("whole_function"):
-        draws = pm.draw(model["slope"], draws=4, random_seed=1)
+    draws = pm.draw(model["slope"], draws=4, random_seed=1, mode=hot_mode("whole_function"))
     assert draws.shape == (4,) and (draws > 0).all()
+
+
+def test_a_new_model_structure_costs_one_compiler_run_and_scores_as_per_op(monkeypatch):
+    """Only the sampler's function is compiled; the initial point, trace, prior draws and
+    pointwise log-likelihood run in Python, with the same ELPD as compiled per op."""
+    source = (
+        "import pymc as pm\n"
+        "with pm.Model() as model:\n"
+        "    mu = pm.Normal('mu', 0, 1)\n"
+        "    sigma = pm.HalfNormal('sigma', 1)\n"
+        f"    pm.Normal('y', mu * {np.random.default_rng().uniform(1, 2):.12f}, sigma,"
+        " observed=data['y'])\n"  # a constant no module was compiled for
+    )
+    data = {"y": np.linspace(-1.0, 2.0, 7)}
+    runs = []
+    compile_str = GCC_compiler.compile_str
+
+    def counted(*args, **kwargs):
+        runs.append(kwargs.get("module_name", args[:1]))
+        return compile_str(*args, **kwargs)
+
+    monkeypatch.setattr(GCC_compiler, "compile_str", staticmethod(counted))
+    scores = {}
+    for mode in COMPILE_MODES:
+        budget = Budget(draws=100, tune=100, chains=2, target_accept=0.9, seed=3, compile=mode)
+        runs.clear()
+        scores[mode] = score_source(source, data, ("y",), budget)
+        assert scores[mode]["ok"], scores[mode]
+        if mode == "whole_function":
+            assert len(runs) == 1, runs
+    assert scores["whole_function"]["elpd_loo"] == pytest.approx(
+        scores["per_op"]["elpd_loo"], abs=1e-9
+    )
 
 
 def test_the_precompiled_header_is_rebuilt_when_damaged_and_refused_when_unbuildable(
@@ -73,8 +109,7 @@ def test_the_precompiled_header_is_rebuilt_when_damaged_and_refused_when_unbuild
         with caplog.at_level(logging.WARNING, logger="synthstats.judge.compiler"):
             assert not prepare_precompiled_header(tmp_path)
         assert "refuses the precompiled header" in caplog.text
-        with compiling_with("whole_function"):  # without it, modules still compile
-            logp = _model().compile_logp()
+        logp = _model().compile_logp(mode=hot_mode("whole_function"))  # compiles without it
         assert np.isfinite(logp(_model().initial_point()))
     finally:
         monkeypatch.undo()
@@ -82,9 +117,7 @@ def test_the_precompiled_header_is_rebuilt_when_damaged_and_refused_when_unbuild
 
 
 def _both_modes(inputs: list, outputs: list) -> dict:
-    return {
-        mode: pytensor.function(inputs, outputs, mode=judge_mode(mode)) for mode in COMPILE_MODES
-    }
+    return {mode: pytensor.function(inputs, outputs, mode=hot_mode(mode)) for mode in COMPILE_MODES}
 
 
 def test_ops_using_a_computed_tensors_python_object_run_in_one_module():
@@ -126,8 +159,7 @@ def test_a_module_key_does_not_depend_on_where_the_precompiled_header_lives(tmp_
     try:
         for folder in ("a", "b"):
             assert prepare_precompiled_header(tmp_path / folder)
-            with compiling_with("whole_function"):
-                logp = model.compile_logp()
+            logp = model.compile_logp(mode=hot_mode("whole_function"))
             linker = logp.f.maker.linker
             assert any(arg.endswith("judge_headers.h") for arg in linker.compile_args())
             keys.append(linker.cmodule_key())

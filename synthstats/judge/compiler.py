@@ -1,22 +1,28 @@
-"""How phase 2 compiles a model's functions: one C module per function, built cheaply.
+"""How phase 2 compiles a model's functions: one C module per new structure, built cheaply.
 
 PyTensor's default linker compiles one C module per distinct op, and a new model structure
 brings a dozen of them (fused elementwise code unique to the model), each a g++ run that
-spends most of its time parsing the same Python and NumPy headers at -O3. The judge's
-functions are small and called tens of thousands of times from Python, so instead:
+spends most of its time parsing the same Python and NumPy headers at -O3, for every
+function PyMC compiles: the sampler's log density and gradient, but also the initial
+point, the trace's point function, the prior draws and the pointwise log-likelihood. Only
+the first is called tens of thousands of times. So instead:
 
-- the whole function is one C module (PyTensor's `c` linker): one g++ run, not a dozen,
-  and a faster call (no per-op dispatch);
-- -O1 without debug information, and the headers every module includes are precompiled
-  once per compile directory (a GCC precompiled header, checked before it is used).
+- the sampler's functions (`hot_mode`, given to pm.sample) are each one C module
+  (PyTensor's `c` linker): one g++ run, not a dozen, and a faster call (no per-op
+  dispatch), at -O1 without debug information, with the headers every module includes
+  precompiled once per compile directory (a GCC precompiled header, checked before use);
+- every other function (`compiling_with`'s default) runs its ops' Python code, compiling
+  nothing: called a few thousand times at most, it costs less than one g++ run. Without
+  elementwise fusion, whose fused ops would run element by element in Python.
 
 A function with an op that has no C code is linked per op instead. Some ops' C code uses
 an input's Python object, which one module only has for tensors: see
 `_one_module_c_code`.
-Which linker a judge uses is `judge.compile` (`whole_function`, the default; `per_op`,
-PyTensor's own, kept so `synthstats bench judge-compile` can measure one against the other
-in the same run). Phase 1 never compiles and cannot write the compile dir (confine.py), so
-the precompiled header, like the modules, holds only what phase 2 built.
+Which a judge uses is `judge.compile` (`whole_function`, the default; `per_op`,
+PyTensor's own linker for every function, kept so `synthstats bench judge-compile` can
+measure one against the other in the same run). Phase 1 never compiles and cannot write
+the compile dir (confine.py), so the precompiled header, like the modules, holds only what
+phase 2 built.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import pytensor
-from pytensor.compile.mode import Mode
+from pytensor.compile.mode import OPT_FAST_RUN, Mode
 from pytensor.graph.utils import MethodNotDefined
 from pytensor.link.c.basic import CLinker
 from pytensor.link.c.op import CLinkerOp
@@ -189,13 +195,24 @@ def _needs_python_objects_of_computed_scalars(fgraph: Any) -> bool:
 
 @contextlib.contextmanager
 def compiling_with(compile_mode: str) -> Iterator[None]:
-    """Every PyTensor function compiled inside (PyMC's included) uses the judge's mode."""
-    with pytensor.config.change_flags(mode=judge_mode(compile_mode)):
+    """Every PyTensor function compiled inside (PyMC's included) that is not given a mode
+    uses the judge's mode for functions called a few times."""
+    with pytensor.config.change_flags(mode=few_calls_mode(compile_mode)):
         yield
 
 
-def judge_mode(compile_mode: str) -> Mode:
-    """The PyTensor mode phase 2 compiles with. The first whole-function mode in a process
+def few_calls_mode(compile_mode: str) -> Mode:
+    """The mode of functions called a few thousand times at most: Python, or per op."""
+    if compile_mode == "whole_function":
+        return Mode(
+            linker=VMLinker(use_cloop=False, c_thunks=False),
+            optimizer=OPT_FAST_RUN.excluding("fusion"),
+        )
+    return hot_mode(compile_mode)
+
+
+def hot_mode(compile_mode: str) -> Mode:
+    """The mode of the sampler's functions. The first whole-function mode in a process
     prepares the precompiled header for PyTensor's compile dir."""
     global _prepared_for
     if compile_mode == "per_op":

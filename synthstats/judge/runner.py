@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pymc as pm
 
-from synthstats.judge.compiler import compiled_seconds, compiling_with
+from synthstats.judge.compiler import compiled_seconds, compiling_with, hot_mode
 from synthstats.judge.contract import check_contract
 from synthstats.judge.describe import describe_model
 from synthstats.judge.gate import (
@@ -189,6 +189,7 @@ def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dic
     """Samples and scores. Also the seconds spent sampling (refits included) and in LOO,
     each without the compiling done inside it (`compiled_seconds` counts that)."""
     spent = {"sampling": 0.0}
+    sampler_mode = hot_mode(budget.compile)
 
     def sample(fitted: pm.Model) -> Any:
         start, compiled = time.perf_counter(), compiled_seconds()
@@ -202,6 +203,7 @@ def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dic
                 random_seed=budget.seed,
                 progressbar=False,
                 compute_convergence_checks=False,
+                compile_kwargs={"mode": sampler_mode},
                 model=fitted,
             )
         finally:
