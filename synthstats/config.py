@@ -162,7 +162,8 @@ class JudgeConfig:
     # reliable); with more bad points, K-fold with this many folds. 0: plain PSIS-LOO.
     loo_refits: int = 5
     # How phase 2 compiles a model's functions (judge/compiler.py): whole_function, one
-    # cheap C module per function; per_op, PyTensor's default (a module per op, -O3).
+    # cheap C module for the sampler's function and Python for the rest; per_op,
+    # PyTensor's default for every function (a module per op, -O3).
     compile: Literal["whole_function", "per_op"] = "whole_function"
     # Per-program limits inside the sandbox.
     timeout_s: float = 300.0
