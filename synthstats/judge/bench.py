@@ -162,7 +162,6 @@ def run_bench(
     from synthstats.judge.runner import WARM_UP_DATA, WARM_UP_PROGRAM
     from synthstats.judge.unsandboxed import score_trusted
 
-    say = progress
     workers = workers or judge_cfg.workers or default_workers()
     sources = [extract_program(completion) for completion in completions]
     with tempfile.TemporaryDirectory(prefix="synthstats-bench-") as scratch:
@@ -171,16 +170,16 @@ def run_bench(
         trusted = [(warm_up_env, WARM_UP_PROGRAM)]
         if compile_cache == "warm":
             trusted += [(env, source) for source in sources]
-        say(f"compiling the shared starting compile cache ({compile_cache})...")
+        progress(f"compiling the shared starting compile cache ({compile_cache})...")
         score_trusted(trusted, judge_cfg, root / "seed")
         shutil.copytree(root / "seed", root / "naive")
 
-        say(f"naive: {len(sources)} fresh processes, one at a time...")
+        progress(f"naive: {len(sources)} fresh processes, one at a time...")
         start = time.perf_counter()
         naive = [score_trusted([(env, source)], judge_cfg, root / "naive")[0] for source in sources]
         naive_seconds = time.perf_counter() - start
 
-        say(f"JudgePool: {workers} workers, empty score cache...")
+        progress(f"JudgePool: {workers} workers, empty score cache...")
         cache = ScoreCache(root / "scores.sqlite")
         start = time.perf_counter()
         with JudgePool(judge_cfg, workers, cache=cache, compile_seed=root / "seed") as pool:
@@ -195,7 +194,7 @@ def run_bench(
     pairs = list(zip(naive, scores, strict=True))
     failed = [number for number, (a, b) in enumerate(pairs) if not (a["ok"] and b.ok)]
     if failed:
-        say(f"warning: programs {failed} did not score ok in both runs")
+        progress(f"warning: programs {failed} did not score ok in both runs")
     differences = [abs(a["elpd_loo"] - b.elpd_loo) for a, b in pairs if a["ok"] and b.ok]
     naive_per_min = 60 * len(sources) / naive_seconds
     pool_per_min = 60 * len(sources) / pool_seconds
