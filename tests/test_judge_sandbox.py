@@ -375,6 +375,20 @@ def test_scores_are_identical_without_bwrap_and_keep_the_environment_scrubbed(
         )
 
 
+def test_a_worker_scores_exactly_as_the_trusted_path_with_the_hosts_openblas(
+    good_score, tmp_path, monkeypatch
+):
+    # The CI machine pins OPENBLAS_CORETYPE; a worker that dropped it summed dot products
+    # with another kernel, and the same program scored 0.36 nats apart in the two paths.
+    monkeypatch.setenv("OPENBLAS_VERBOSE", "0")
+    environment = sandbox.sandbox_environment(tmp_path)
+    assert environment["OPENBLAS_VERBOSE"] == "0"
+    assert environment["OPENBLAS_NUM_THREADS"] == "1"
+    assert environment.get("OPENBLAS_CORETYPE") == os.environ.get("OPENBLAS_CORETYPE")
+    trusted = score_trusted([(ENV, GOOD)], CFG, tmp_path / "pytensor")[0]
+    assert (trusted["elpd_loo"], trusted["se"]) == (good_score.elpd_loo, good_score.se)
+
+
 def test_score_program_scores_one_completion_in_a_fresh_worker(good_score):
     assert score_program(ENV, "```python\nimport os\n```", CFG).error_kind == "forbidden"
     cold = dataclasses.replace(CFG, timeout_s=180)  # no compile seed: a cold compile

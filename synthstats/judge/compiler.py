@@ -196,8 +196,10 @@ def _needs_python_objects_of_computed_scalars(fgraph: Any) -> bool:
 @contextlib.contextmanager
 def compiling_with(compile_mode: str) -> Iterator[None]:
     """Every PyTensor function compiled inside (PyMC's included) that is not given a mode
-    uses the judge's mode for functions called a few times."""
-    with pytensor.config.change_flags(mode=few_calls_mode(compile_mode)):
+    uses the judge's mode for functions called a few times. Graph nodes made inside record
+    no creation stack: phase 2 builds from a description, so there is no program line to
+    point at, and walking the stack for every node costs a few percent of a program."""
+    with pytensor.config.change_flags(mode=few_calls_mode(compile_mode), traceback__limit=0):
         yield
 
 

@@ -354,8 +354,14 @@ def bwrap_prefix(work_dir: Path) -> list[str]:
 
 
 def sandbox_environment(work_dir: Path, containment: str = "none") -> dict[str, str]:
-    """The worker's whole environment: nothing is inherited from the parent."""
+    """The worker's whole environment: nothing is inherited from the parent but its
+    OpenBLAS settings. A machine may pin OpenBLAS's kernel (OPENBLAS_CORETYPE): another
+    kernel sums dot products in another order, NUTS amplifies the last bits, and the same
+    program would score differently in a worker than in the trusted path (by 0.36 nats on
+    a dugongs program)."""
+    openblas = {name: value for name, value in os.environ.items() if name.startswith("OPENBLAS_")}
     return {
+        **openblas,
         "PATH": os.pathsep.join(
             [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
         ),
