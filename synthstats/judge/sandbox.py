@@ -359,9 +359,7 @@ def sandbox_environment(work_dir: Path, containment: str = "none") -> dict[str, 
     kernel sums dot products in another order, NUTS amplifies the last bits, and the same
     program would score differently in a worker than in the trusted path (by 0.36 nats on
     a dugongs program)."""
-    openblas = {name: value for name, value in os.environ.items() if name.startswith("OPENBLAS_")}
-    return {
-        **openblas,
+    environment = {
         "PATH": os.pathsep.join(
             [str(Path(sys.executable).parent), "/usr/local/bin", "/usr/bin", "/bin"]
         ),
@@ -382,6 +380,10 @@ def sandbox_environment(work_dir: Path, containment: str = "none") -> dict[str, 
         "SYNTHSTATS_JUDGE_WORK_DIR": str(work_dir),
         "SYNTHSTATS_JUDGE_CONTAINMENT": containment,
     }
+    for name, value in os.environ.items():
+        if name.startswith("OPENBLAS_"):
+            environment.setdefault(name, value)  # the thread count above stays 1
+    return environment
 
 
 def _package_dir() -> Path:
