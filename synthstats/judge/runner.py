@@ -128,19 +128,18 @@ def score_description(
     judge's budget, LOO."""
     arrays = {name: np.asarray(data[name]) for name in observed}
     try:
-        with compiling_with(budget.compile):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                if isinstance(description, str):
-                    try:
-                        description = json.loads(description)
-                    except ValueError:
-                        raise Failure("forbidden_model", "the description is not JSON") from None
-                model = rebuild_model(description, arrays)
-                holders = check_contract(model, arrays)
-                compiled = compiled_seconds()
-                loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed])
-                check_leaks(model, arrays, reference_elpd, budget.seed, loglik)
+        with compiling_with(budget.compile), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if isinstance(description, str):
+                try:
+                    description = json.loads(description)
+                except ValueError:
+                    raise Failure("forbidden_model", "the description is not JSON") from None
+            model = rebuild_model(description, arrays)
+            holders = check_contract(model, arrays)
+            compiled = compiled_seconds()
+            loglik = PointwiseLogLikelihood(model, [holders[name] for name in observed])
+            check_leaks(model, arrays, reference_elpd, budget.seed, loglik)
             fit = _fit(model, loglik, budget)
         fit["compile_seconds"] = compiled_seconds() - compiled
     except Failure as failure:
@@ -203,8 +202,9 @@ def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dic
                 progressbar=False,
                 compute_convergence_checks=False,
                 # PyMC marks its sampler's function trusted on a wrapper that never reads
-                # the mark; the rebuilt model's free variables are float64 (the allowlist
-                # refuses other dtypes), which is what the sampler passes.
+                # the mark. NUTS passes float64 vectors and the allowlist refuses continuous
+                # variables of other dtypes; discrete ones take Metropolis steps, which pass
+                # their own dtype.
                 compile_kwargs={"mode": sampler_mode, "trust_input": True},
                 model=fitted,
             )
