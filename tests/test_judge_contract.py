@@ -137,6 +137,23 @@ def test_lazy_imports_inside_allowed_packages_pass_the_runtime_guard():
     assert score(program)["ok"]
 
 
+def test_discrete_latent_variables_are_sampled_and_scored():
+    # NUTS's function trusts its float64 input; the discrete latents take Metropolis steps,
+    # which must still pass their own integer values through.
+    source = HEADER + (
+        "with pm.Model() as model:\n"
+        "    a = pm.Normal('a', 0, 5)\n"
+        "    k = pm.Poisson('k', 3.0)\n"
+        "    z = pm.Bernoulli('z', 0.5)\n"
+        "    s = pm.HalfNormal('s', 1)\n"
+        "    pm.Normal('length', a + 0.01 * k + 0.01 * z, s, observed=data['length'])\n"
+    )
+    result = score(source)
+    assert result["ok"], result
+    assert np.isfinite(result["elpd_loo"])
+    assert score(source)["elpd_loo"] == result["elpd_loo"]  # seeded Metropolis too
+
+
 def test_covariates_and_sorted_data_are_not_leaks():
     program = model_with(
         "pm.Normal('length', a + s * np.asarray(data['age']) / 30, s, observed=data['length'])"

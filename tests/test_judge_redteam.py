@@ -116,6 +116,14 @@ def mixture_spikes():
     pm.NormalMixture("length", w=weights, mu=spikes, sigma=0.001 + 0 * s, observed=LENGTH)
 
 
+def single_precision():
+    """Phase 2 calls the sampler's function with trust_input: it must only ever see the
+    float64 vectors PyMC's NUTS passes, so a free variable of another dtype is refused."""
+    a = pm.Normal("a", 2.5, 1.0, dtype="float32")
+    s = pm.HalfNormal("s", 0.5)
+    pm.Normal("length", a, s, observed=LENGTH)
+
+
 def misnamed():
     a, s = _priors()
     pm.Normal("y", a, s, observed=LENGTH)
@@ -131,6 +139,7 @@ def misnamed():
         (potential, "forbidden_model", "Potential"),
         (callback, "forbidden_model", "callback"),
         (mixture_spikes, "forbidden_model", "Mixture"),
+        (single_precision, "forbidden_model", "NormalRV"),
         (misnamed, "data_mismatch", "name the likelihood"),
     ],
 )
