@@ -9,7 +9,9 @@ past the gate, straight into a worker, to check the OS containment behind it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import synthstats
 from synthstats.config import JudgeConfig
 from synthstats.envs.base import Env
 from synthstats.judge import sandbox
+from synthstats.judge import worker as worker_module
 from synthstats.judge.sandbox import SandboxedWorker, bwrap_works
 from synthstats.judge.score import Score
 from synthstats.judge.scoring import prepare, score_program
@@ -353,6 +356,41 @@ def test_a_flood_on_the_worker_stderr_keeps_only_its_end():
     text = tail.text()
     tail.close()
     assert text.endswith("END") and len(text) <= 4096
+
+
+@pytest.mark.parametrize("exit_notice", ["pidfd", "polling"])
+def test_a_verdict_comes_when_the_child_exits_though_a_leftover_holds_its_pipes(
+    exit_notice, monkeypatch
+):
+    """A child that leaves a process behind holding its result and output pipes is done
+    when it exits, seen through a pidfd or, where the kernel has none, by polling."""
+    if exit_notice == "polling":
+        monkeypatch.setattr(worker_module, "_exit_notice", lambda pid: None)
+    result_read, result_write = os.pipe()
+    output_read, output_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            leftover = os.fork()
+            if leftover == 0:
+                time.sleep(60)
+            else:
+                os.write(output_write, b"some output\n")
+                os.write(result_write, json.dumps({"ok": True, "leftover": leftover}).encode())
+        finally:
+            os._exit(0)
+    os.close(result_write)
+    os.close(output_write)
+    limits = {"timeout_s": 20, "max_output_bytes": 1000}
+    try:
+        verdict = worker_module._watch(
+            pid, result_read, output_read, time.perf_counter() + 20, limits, 1 << 20
+        )
+    finally:
+        os.close(result_read)
+        os.close(output_read)
+    assert verdict["ok"] is True, verdict
+    os.kill(verdict["leftover"], signal.SIGKILL)
 
 
 def test_scores_are_identical_without_bwrap_and_keep_the_environment_scrubbed(

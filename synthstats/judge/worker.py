@@ -53,6 +53,7 @@ _PHASE_ONE_KINDS = frozenset(
 )
 _OUTPUT_TAIL_BYTES = 600
 _KILL_ROUNDS = 200
+_EXIT_POLL_S = 0.05
 _OPEN_FILES = 512
 
 
@@ -230,36 +231,52 @@ def _watch(
     max_result: int,
 ) -> dict[str, Any]:
     """Collects the child's result and output until it exits or breaks a limit."""
-    selector = selectors.DefaultSelector()
-    selector.register(result_fd, selectors.EVENT_READ)
-    selector.register(output_fd, selectors.EVENT_READ)
     result, output = bytearray(), bytearray()
     printed = 0
     status = None
-    while status is None:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            return _failure("timeout", f"no verdict within {limits['timeout_s']:g} s")
-        for key, _ in selector.select(timeout=min(remaining, 0.05)):
-            chunk = os.read(key.fd, 65536)
-            if not chunk:
-                selector.unregister(key.fd)
-            elif key.fd == output_fd:
-                printed += len(chunk)
-                output = (output + chunk)[-_OUTPUT_TAIL_BYTES:]
-                if printed > limits["max_output_bytes"]:
-                    return _failure(
-                        "runtime", f"printed more than {limits['max_output_bytes']} bytes"
-                    )
-            else:
-                result += chunk
-                if len(result) > max_result:
-                    return _failure("crashed", "the child sent an oversized result")
-        done, wait_status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            status = wait_status
+    exit_fd = _exit_notice(pid)
+    # Without a pidfd an exit is seen only by polling, and every score waits for it.
+    poll_s = math.inf if exit_fd is not None else _EXIT_POLL_S
+    with contextlib.ExitStack() as cleanup, selectors.DefaultSelector() as selector:
+        for fd in (result_fd, output_fd, exit_fd):
+            if fd is not None:
+                selector.register(fd, selectors.EVENT_READ)
+        if exit_fd is not None:
+            cleanup.callback(os.close, exit_fd)
+        while status is None:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return _failure("timeout", f"no verdict within {limits['timeout_s']:g} s")
+            for key, _ in selector.select(timeout=min(remaining, poll_s)):
+                if key.fd == exit_fd:
+                    continue
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    selector.unregister(key.fd)
+                elif key.fd == output_fd:
+                    printed += len(chunk)
+                    output = (output + chunk)[-_OUTPUT_TAIL_BYTES:]
+                    if printed > limits["max_output_bytes"]:
+                        return _failure(
+                            "runtime", f"printed more than {limits['max_output_bytes']} bytes"
+                        )
+                else:
+                    result += chunk
+                    if len(result) > max_result:
+                        return _failure("crashed", "the child sent an oversized result")
+            done, wait_status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = wait_status
     result += _drain(result_fd, max_result)
     return _verdict(status, bytes(result), bytes(output), limits)
+
+
+def _exit_notice(pid: int) -> int | None:
+    """A pidfd of the child, readable once it has exited; None where the kernel has none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def _verdict(status: int, result: bytes, output: bytes, limits: dict[str, Any]) -> dict[str, Any]:
