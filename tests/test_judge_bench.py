@@ -25,6 +25,16 @@ def test_bench_judge_scores_the_same_programs_both_ways_and_reports_the_ratio():
     assert numbers["naive_per_min"] > 0 and numbers["pool_per_min"] > 0
     assert numbers["ratio"] == pytest.approx(numbers["pool_per_min"] / numbers["naive_per_min"])
     assert 0 < numbers["cache_hit_ms"] < 1000
+    # the breakdown adds up to each path's clock; the pool's includes its workers' start-up
+    naive_seconds = 2 * 60 / numbers["naive_per_min"]
+    pool_seconds = 2 * 60 / numbers["pool_per_min"]
+    assert 2 * (numbers["naive_program_s"] + numbers["naive_process_s"]) == pytest.approx(
+        naive_seconds
+    )
+    assert numbers["pool_startup_and_idle_s"] + 2 * numbers["pool_program_s"] == pytest.approx(
+        pool_seconds
+    )
+    assert numbers["naive_process_s"] > 1 and numbers["pool_startup_and_idle_s"] > 1
     structures = numbers["structures"]
     assert structures["new"]["programs"] == structures["warm"]["programs"] == 2
     assert structures["warm"]["compile_share"] < structures["new"]["compile_share"]

@@ -91,6 +91,10 @@ def bench_judge(
         f"  naive (process per program): {result['naive_per_min']:.2f} programs/min\n"
         f"  JudgePool:                   {result['pool_per_min']:.2f} programs/min\n"
         f"  ratio: {result['ratio']:.2f}x   cache hit: {result['cache_hit_ms']:.2f} ms (median)\n"
+        f"  a program's own cost: {result['naive_program_s']:.2f} s in a fresh process, "
+        f"{result['pool_program_s']:.2f} s on a worker; a fresh process costs "
+        f"{result['naive_process_s']:.2f} s more a program, the pool's start-up and idle "
+        f"cores {result['pool_startup_and_idle_s']:.2f} s in all\n"
         f"one program in a fresh process, one core, compile {judge_cfg.compile}:\n"
         + _cost_lines(result["structures"])
     )
@@ -198,6 +202,8 @@ def run_bench(
     differences = [abs(a["elpd_loo"] - b.elpd_loo) for a, b in pairs if a["ok"] and b.ok]
     naive_per_min = 60 * len(sources) / naive_seconds
     pool_per_min = 60 * len(sources) / pool_seconds
+    naive_program_s = sum(result["seconds"] for result in naive) / len(sources)
+    pool_program_s = sum(score.seconds for score in scores) / len(sources)
     return {
         "naive_per_min": naive_per_min,
         "pool_per_min": pool_per_min,
@@ -210,6 +216,14 @@ def run_bench(
         "not_ok": failed,
         # naive and pool sample with the same seed: their ELPDs should agree
         "max_elpd_difference": max(differences, default=None),
+        # Where each path's time goes: a program's own cost (in its fresh process once PyMC
+        # is imported, or on a worker), and what each pays beyond it: the fresh process,
+        # per program; the pool's start-up and its idle cores (a worker with no program
+        # left while another finishes), in all.
+        "naive_program_s": naive_program_s,
+        "naive_process_s": naive_seconds / len(sources) - naive_program_s,
+        "pool_program_s": pool_program_s,
+        "pool_startup_and_idle_s": pool_seconds - pool_program_s * len(sources) / workers,
     }
 
 
