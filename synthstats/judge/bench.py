@@ -92,9 +92,10 @@ def bench_judge(
         f"  JudgePool:                   {result['pool_per_min']:.2f} programs/min\n"
         f"  ratio: {result['ratio']:.2f}x   cache hit: {result['cache_hit_ms']:.2f} ms (median)\n"
         f"  a program's own cost: {result['naive_program_s']:.2f} s in a fresh process, "
-        f"{result['pool_program_s']:.2f} s on a worker; a fresh process costs "
-        f"{result['naive_process_s']:.2f} s more a program, the pool's start-up and idle "
-        f"cores {result['pool_startup_and_idle_s']:.2f} s in all\n"
+        f"{result['pool_program_s']:.2f} s on a worker\n"
+        f"  on top: {result['naive_process_s']:.2f} s a program for its fresh process; "
+        f"{result['pool_startup_and_idle_s']:.2f} s in all for the pool's start-up and idle "
+        "cores\n"
         f"one program in a fresh process, one core, compile {judge_cfg.compile}:\n"
         + _cost_lines(result["structures"])
     )
