@@ -46,12 +46,15 @@ class Refit:
 
     model: the model as the judge built it (the one `idata` was sampled from);
     sample: draws a posterior of a model with the judge's budget (an InferenceData);
-    max_refits: at most this many extra fits per program (0: PSIS alone, as before).
+    max_refits: at most this many extra fits per program (0: PSIS alone, as before);
+    log_likelihood: the pointwise log-likelihood Dataset (observed names, chain, draw) of
+        a posterior's draws; the model's own serves its refits, which share its variables.
     """
 
     model: pm.Model
     sample: Callable[[pm.Model], Any]
     max_refits: int
+    log_likelihood: Callable[[Any], Any]
 
 
 def loo_fields(result: Any) -> dict[str, Any]:
@@ -143,14 +146,7 @@ def refit_log_likelihood(
         mask = np.zeros(size)
         mask[fold] = 1.0
         weights.set_value(mask)
-        idata = refit.sample(model)
-        draws = pm.compute_log_likelihood(
-            idata,
-            var_names=list(observed_names),
-            model=model,
-            extend_inferencedata=False,
-            progressbar=False,
-        )
+        draws = refit.log_likelihood(refit.sample(model).posterior)
         per_point = np.concatenate(
             [
                 np.asarray(draws[name]).reshape(draws.sizes["chain"], draws.sizes["draw"], -1)

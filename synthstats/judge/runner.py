@@ -217,7 +217,9 @@ def _fit(model: pm.Model, loglik: PointwiseLogLikelihood, budget: Budget) -> dic
             idata = sample(model)
             start, compiled, sampled = time.perf_counter(), compiled_seconds(), spent["sampling"]
             loglik.add_to(idata)
-            fit = summarise_fit(idata, loglik.names, Refit(model, sample, budget.loo_refits))
+            fit = summarise_fit(
+                idata, loglik.names, Refit(model, sample, budget.loo_refits, loglik.dataset)
+            )
     except MemoryError:
         raise Failure("memory", "ran out of memory while sampling") from None
     except Exception as error:
