@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import json
 import math
 import os
@@ -75,6 +76,10 @@ def main() -> None:
 
     compile_mode = sys.argv[sys.argv.index("--compile") + 1]
     warm_up_s = runner.warm_up(compile_mode)
+    # Every program's children are forked from here: with PyMC's objects frozen, their
+    # collections neither walk this heap (about 7% of a program's time) nor copy its pages.
+    gc.collect()
+    gc.freeze()
     hello = {"ready": True, "warm_up_s": warm_up_s, "pid": os.getpid(), "confined": confined}
     _reply(replies, hello)
     requests = sys.stdin.buffer
